@@ -1,0 +1,3 @@
+"""torch-pairconf: robust pair confidence learning for emotion-cause pair extraction."""
+
+__version__ = "0.1.0"
