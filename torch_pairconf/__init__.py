@@ -1,3 +1,62 @@
-"""torch-pairconf: robust pair confidence learning for emotion-cause pair extraction."""
+"""torch-pairconf: robust pair confidence learning (RPCL) for emotion-cause pair extraction.
+
+Tensor contract: ``scores`` float ``(B, N, M)`` pair logits, row ``i`` an emotion utterance and
+column ``j`` a candidate cause; ``gold`` and ``valid`` bool ``(B, N, M)``.
+"""
+
+from .consistency import ConsistencyLoss, bernoulli_kl, consistency_loss
+from .corruption import ContextCorruption, context_corruption, gold_utterances
+from .diagnostics import (
+    best_threshold,
+    confidence_gap,
+    expected_calibration_error,
+    margin_violations,
+    pair_auprc,
+    pair_prf,
+    reliability_diagram,
+    row_ranking,
+)
+from .margin import PairMarginLoss, pair_margin_loss
+from .masks import (
+    PairMasks,
+    dense_from_candidates,
+    pair_masks,
+    two_class_to_logit,
+    valid_from_labels,
+    valid_from_lengths,
+)
+from .mining import HardNegatives, mine_hard_negatives
+from .objective import RPCLoss, corrupt_submodule, utterance_mask
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConsistencyLoss",
+    "ContextCorruption",
+    "HardNegatives",
+    "PairMarginLoss",
+    "PairMasks",
+    "RPCLoss",
+    "__version__",
+    "bernoulli_kl",
+    "best_threshold",
+    "confidence_gap",
+    "consistency_loss",
+    "context_corruption",
+    "corrupt_submodule",
+    "dense_from_candidates",
+    "expected_calibration_error",
+    "gold_utterances",
+    "margin_violations",
+    "mine_hard_negatives",
+    "pair_auprc",
+    "pair_margin_loss",
+    "pair_masks",
+    "pair_prf",
+    "reliability_diagram",
+    "row_ranking",
+    "two_class_to_logit",
+    "utterance_mask",
+    "valid_from_labels",
+    "valid_from_lengths",
+]

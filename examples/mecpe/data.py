@@ -1,0 +1,632 @@
+"""Loaders for multimodal emotion-cause pair extraction (MECPE) corpora.
+
+Three formats are read into one :class:`Conversation` record:
+
+* **ECF** (``train.txt``/``dev.txt``/``test.txt``): blocks of a header ``"<conv_id> <n_utt>"``,
+  a pairs line ``(3,1),(3,3)`` (possibly empty: a conversation without any pair), then
+  ``n_utt`` lines ``idx | speaker | emotion | text | timestamp-or-video-id``.
+* **MECAD** (``*_data_pair.json``): ``{dialogue_id: [[utterance, ...]]}``; an utterance is a
+  dict with ``turn``, ``speaker``, ``utterance``, ``emotion`` and, for emotion utterances with
+  a cause, ``"expanded emotion cause evidence"`` (1-based cause turns).
+* **MEC4** (``MEC4_text/*.json``): a list of rows with ``dia_id``, ``dia_len``, ``text``
+  (``"1.speaker：text 2.speaker：text"``), ``pairs`` and optional ``emotion``/``emotions``.
+
+Every loader validates its input and raises :class:`DataFormatError` naming the file, the
+line or record and the field; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "EMOTIONS",
+    "Conversation",
+    "DataFormatError",
+    "emotion_index",
+    "load_ecf",
+    "load_mec4",
+    "load_mecad",
+    "load_split",
+    "summarize",
+]
+
+PathLike = str | os.PathLike[str]
+
+EMOTIONS: tuple[str, ...] = ("neutral", "anger", "disgust", "fear", "joy", "sadness", "surprise")
+
+# Lower-case (or Chinese) label -> canonical name in EMOTIONS.
+_EMOTION_ALIASES: dict[str, str] = {
+    **{name: name for name in EMOTIONS},
+    "neu": "neutral",
+    "angry": "anger",
+    "ang": "anger",
+    "disgusted": "disgust",
+    "fearful": "fear",
+    "happy": "joy",
+    "happiness": "joy",
+    "sad": "sadness",
+    "surprised": "surprise",
+    "中性": "neutral",
+    "生气": "anger",
+    "愤怒": "anger",
+    "厌恶": "disgust",
+    "恐惧": "fear",
+    "害怕": "fear",
+    "高兴": "joy",
+    "开心": "joy",
+    "快乐": "joy",
+    "悲伤": "sadness",
+    "伤心": "sadness",
+    "惊讶": "surprise",
+}
+
+_SPLITS: dict[str, str] = {"train": "train", "dev": "dev", "valid": "dev", "test": "test"}
+
+
+class DataFormatError(ValueError):
+    """A malformed record; the message names the file, the line or record, and the field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: PathLike | None = None,
+        where: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.where = where
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One conversation; utterance indices in ``pairs`` are 1-based (emotion, cause)."""
+
+    conv_id: str
+    speakers: tuple[str, ...]
+    texts: tuple[str, ...]
+    emotions: tuple[int, ...]
+    pairs: tuple[tuple[int, int], ...]
+    feature_keys: tuple[str, ...]
+
+    def __len__(self) -> int:
+        """Number of utterances."""
+        return len(self.texts)
+
+
+def _error(path: PathLike, where: str, field: str, problem: str) -> DataFormatError:
+    """Build a DataFormatError with a uniform ``file: where: field 'x': problem`` message."""
+    return DataFormatError(
+        f"{path}: {where}: field {field!r}: {problem}", path=path, where=where, field=field
+    )
+
+
+def emotion_index(label: str) -> int:
+    """Index of ``label`` in :data:`EMOTIONS` (aliases such as "Happy"/"sad" accepted).
+
+    Raises ``KeyError`` for an unknown label.
+    """
+    canonical = _EMOTION_ALIASES.get(label.strip().lower())
+    if canonical is None:
+        raise KeyError(label)
+    return EMOTIONS.index(canonical)
+
+
+def _parse_emotion(label: object, path: PathLike, where: str, field: str) -> int:
+    """Emotion label -> index, raising DataFormatError for unknown labels."""
+    if not isinstance(label, str):
+        raise _error(path, where, field, f"expected an emotion name, got {label!r}")
+    try:
+        return emotion_index(label)
+    except KeyError:
+        raise _error(
+            path, where, field, f"unknown emotion {label!r} (known: {', '.join(EMOTIONS)})"
+        ) from None
+
+
+def _check_pairs(
+    pairs: Iterable[tuple[int, int]], n_utt: int, path: PathLike, where: str, field: str
+) -> tuple[tuple[int, int], ...]:
+    """Validate 1-based pair indices against ``n_utt``; return them sorted and deduplicated."""
+    checked = set()
+    for emo, cause in pairs:
+        if not (1 <= emo <= n_utt and 1 <= cause <= n_utt):
+            raise _error(path, where, field, f"pair ({emo},{cause}) outside utterances 1..{n_utt}")
+        checked.add((emo, cause))
+    return tuple(sorted(checked))
+
+
+def _check_unique(values: Sequence[str], path: PathLike, where: str, field: str) -> None:
+    """Raise if ``values`` holds a duplicate."""
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise _error(path, where, field, f"duplicate value {value!r}")
+        seen.add(value)
+
+
+def _make_conversation(
+    conv_id: str,
+    speakers: Sequence[str],
+    texts: Sequence[str],
+    emotions: Sequence[int],
+    pairs: Iterable[tuple[int, int]],
+    feature_keys: Sequence[str],
+    *,
+    path: PathLike,
+    where: str,
+    pairs_field: str,
+) -> Conversation:
+    """Validate the per-conversation invariants and build the record."""
+    n_utt = len(texts)
+    if n_utt == 0:
+        raise _error(path, where, "utterances", "conversation has no utterances")
+    assert len(speakers) == len(emotions) == len(feature_keys) == n_utt
+    return Conversation(
+        conv_id=conv_id,
+        speakers=tuple(speakers),
+        texts=tuple(texts),
+        emotions=tuple(emotions),
+        pairs=_check_pairs(pairs, n_utt, path, where, pairs_field),
+        feature_keys=tuple(feature_keys),
+    )
+
+
+def _check_file_ids(conversations: Sequence[Conversation], path: PathLike) -> None:
+    """Conversation ids and feature keys must be unique across a file."""
+    seen_ids: set[str] = set()
+    seen_keys: dict[str, str] = {}
+    for conv in conversations:
+        where = f"conversation {conv.conv_id!r}"
+        if conv.conv_id in seen_ids:
+            raise _error(path, where, "conv_id", f"duplicate conversation id {conv.conv_id!r}")
+        seen_ids.add(conv.conv_id)
+        for key in conv.feature_keys:
+            if key in seen_keys:
+                raise _error(
+                    path,
+                    where,
+                    "feature_key",
+                    f"duplicate utterance key {key!r} (also in conversation {seen_keys[key]!r})",
+                )
+            seen_keys[key] = conv.conv_id
+
+
+# --------------------------------------------------------------------------------------- ECF
+
+_ECF_PAIR = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")
+_ECF_PAIRS_LINE = re.compile(r"^\s*(?:\(\s*\d+\s*,\s*\d+\s*\)\s*(?:,\s*|$))*$")
+
+
+def _ecf_header(line: str, path: PathLike, lineno: int) -> tuple[str, int]:
+    """Parse ``"<conv_id> <n_utt>"``."""
+    parts = line.split()
+    if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) < 1:
+        raise _error(
+            path, f"line {lineno}", "header", f"expected '<conv_id> <n_utt>', got {line!r}"
+        )
+    return parts[0], int(parts[1])
+
+
+def _ecf_pairs(line: str, path: PathLike, lineno: int) -> list[tuple[int, int]]:
+    """Parse a pairs line such as ``(3,1),(3,3)``; an empty line means no pair."""
+    if not _ECF_PAIRS_LINE.match(line):
+        raise _error(path, f"line {lineno}", "pairs", f"expected '(e,c),(e,c),...', got {line!r}")
+    return [(int(e), int(c)) for e, c in _ECF_PAIR.findall(line)]
+
+
+def _ecf_utterance(
+    line: str, expected_idx: int, path: PathLike, lineno: int
+) -> tuple[str, int, str]:
+    """Parse ``idx | speaker | emotion | text | timestamp`` into (speaker, emotion, text).
+
+    The trailing timestamp/video-id field may be empty or absent; a text containing ``" | "``
+    is kept whole (everything between the emotion and the last field).
+    """
+    where = f"line {lineno}"
+    parts = line.split(" | ", 3)
+    if len(parts) < 4:
+        raise _error(
+            path,
+            where,
+            "utterance",
+            f"expected 'idx | speaker | emotion | text | ...', got {line!r}",
+        )
+    idx, speaker, emotion = (p.strip() for p in parts[:3])
+    rest = parts[3]
+    if idx != str(expected_idx):
+        raise _error(path, where, "idx", f"expected utterance index {expected_idx}, got {idx!r}")
+    if " | " in rest:
+        rest = rest.rsplit(" | ", 1)[0]
+    elif rest.rstrip().endswith(" |"):
+        rest = rest.rstrip()[:-2]
+    text = rest.strip()
+    if not speaker:
+        raise _error(path, where, "speaker", "empty speaker")
+    if not text:
+        raise _error(path, where, "text", "empty text")
+    return speaker, _parse_emotion(emotion, path, where, "emotion"), text
+
+
+def _ecf_block(lines: list[str], start: int, path: PathLike) -> tuple[Conversation, int]:
+    """Parse the block whose header is ``lines[start]``; return it and the next line index."""
+    conv_id, n_utt = _ecf_header(lines[start], path, start + 1)
+    where = f"line {start + 1} (conversation {conv_id!r})"
+    if start + 1 + n_utt >= len(lines):
+        raise _error(path, where, "utterances", f"file ends before the {n_utt} utterances")
+    pairs_where = f"line {start + 2} (conversation {conv_id!r})"
+    pairs = _check_pairs(
+        _ecf_pairs(lines[start + 1], path, start + 2), n_utt, path, pairs_where, "pairs"
+    )
+    speakers: list[str] = []
+    emotions: list[int] = []
+    texts: list[str] = []
+    for u in range(1, n_utt + 1):
+        lineno = start + 2 + u
+        speaker, emotion, text = _ecf_utterance(lines[lineno - 1], u, path, lineno)
+        speakers.append(speaker)
+        emotions.append(emotion)
+        texts.append(text)
+    conv = _make_conversation(
+        conv_id,
+        speakers,
+        texts,
+        emotions,
+        pairs,
+        [f"dia{conv_id}utt{u}" for u in range(1, n_utt + 1)],
+        path=path,
+        where=where,
+        pairs_field="pairs",
+    )
+    return conv, start + 2 + n_utt
+
+
+def load_ecf(path: PathLike) -> list[Conversation]:
+    """Load an ECF split file (``train.txt``, ``dev.txt``, ``test.txt``, ``all_data_pair.txt``)."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    conversations: list[Conversation] = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():  # blank lines between blocks / at the end
+            i += 1
+            continue
+        conv, i = _ecf_block(lines, i, path)
+        conversations.append(conv)
+    _check_file_ids(conversations, path)
+    return conversations
+
+
+# -------------------------------------------------------------------------------------- JSON
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` object hook: duplicate keys would otherwise be dropped silently."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate JSON key {key!r}")
+        out[key] = value
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    """Read a JSON file, rejecting duplicate object keys."""
+    try:
+        return json.loads(
+            path.read_text(encoding="utf-8"), object_pairs_hook=_reject_duplicate_keys
+        )
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise DataFormatError(f"{path}: invalid JSON: {exc}", path=path, where="file") from exc
+
+
+def _as_int(value: object) -> int | None:
+    """An int (not bool) or a string of digits -> int; anything else -> None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def _require_str(record: dict[str, Any], field: str, path: PathLike, where: str) -> str:
+    """A non-empty string field."""
+    value = record.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise _error(path, where, field, f"expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+# ------------------------------------------------------------------------------------- MECAD
+
+MECAD_EVIDENCE = "expanded emotion cause evidence"
+
+
+def _mecad_evidence(utt: dict[str, Any], n_utt: int, path: PathLike, where: str) -> list[int]:
+    """The 1-based cause turns of one utterance (empty when the field is absent or null)."""
+    evidence = utt.get(MECAD_EVIDENCE)
+    if evidence is None:
+        return []
+    if not isinstance(evidence, list):
+        raise _error(path, where, MECAD_EVIDENCE, f"expected a list of turns, got {evidence!r}")
+    causes = []
+    for value in evidence:
+        cause = _as_int(value)
+        if cause is None or not 1 <= cause <= n_utt:
+            raise _error(
+                path, where, MECAD_EVIDENCE, f"cause turn {value!r} is not an integer in 1..{n_utt}"
+            )
+        causes.append(cause)
+    return causes
+
+
+def _mecad_utterances(conv_id: str, value: object, path: PathLike) -> list[Any]:
+    """``[[utt, ...]]`` (the released layout) or ``[utt, ...]`` -> the utterance list."""
+    where = f"dialogue {conv_id!r}"
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+        return value[0]
+    if isinstance(value, list) and value and all(isinstance(u, dict) for u in value):
+        return value
+    raise _error(
+        path,
+        where,
+        "utterances",
+        "expected [[utterance, ...]] (a one-element list of utterance dicts)",
+    )
+
+
+def _mecad_dialogue(conv_id: str, value: object, path: PathLike) -> Conversation:
+    """Parse one MECAD dialogue."""
+    utts = _mecad_utterances(conv_id, value, path)
+    n_utt = len(utts)
+    speakers: list[str] = []
+    texts: list[str] = []
+    emotions: list[int] = []
+    keys: list[str] = []
+    pairs: list[tuple[int, int]] = []
+    for pos, utt in enumerate(utts, start=1):
+        where = f"dialogue {conv_id!r} utterance {pos}"
+        if not isinstance(utt, dict):
+            raise _error(path, where, "utterance", f"expected an object, got {type(utt).__name__}")
+        if _as_int(utt.get("turn")) != pos:
+            raise _error(path, where, "turn", f"expected turn {pos}, got {utt.get('turn')!r}")
+        speakers.append(_require_str(utt, "speaker", path, where))
+        texts.append(_require_str(utt, "utterance", path, where))
+        emotion = (
+            -1
+            if utt.get("emotion") is None
+            else _parse_emotion(utt["emotion"], path, where, "emotion")
+        )
+        emotions.append(emotion)
+        name = utt.get("utterance_name")
+        keys.append(
+            f"{conv_id}_{pos}" if name is None else _require_str(utt, "utterance_name", path, where)
+        )
+        causes = _mecad_evidence(utt, n_utt, path, where)
+        if causes and emotion == 0:
+            raise _error(path, where, MECAD_EVIDENCE, "a neutral utterance has cause evidence")
+        pairs.extend((pos, cause) for cause in causes)
+    return _make_conversation(
+        conv_id,
+        speakers,
+        texts,
+        emotions,
+        pairs,
+        keys,
+        path=path,
+        where=f"dialogue {conv_id!r}",
+        pairs_field=MECAD_EVIDENCE,
+    )
+
+
+def load_mecad(path: PathLike) -> list[Conversation]:
+    """Load a MECAD ``*_data_pair.json`` file (dialogue order of the file is kept).
+
+    Pairs are ``(turn, cause)`` for each cause turn in ``"expanded emotion cause evidence"``.
+    Emotion utterances without that field keep their label and get no pair. Evidence must be
+    integers (digit strings accepted) in ``1..n_utt``; anything else (e.g. ``-1``) is an error,
+    as is evidence on a neutral utterance.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise _error(path, "file", "<root>", "expected an object {dialogue_id: [[utterance, ...]]}")
+    conversations = [_mecad_dialogue(str(cid), value, path) for cid, value in data.items()]
+    _check_file_ids(conversations, path)
+    return conversations
+
+
+# -------------------------------------------------------------------------------------- MEC4
+
+_MEC4_PAIR = re.compile(r"[（(]\s*(\d+)\s*[，,]\s*(\d+)\s*[）)]")
+_MEC4_PAIRS_STR = re.compile(r"^(?:\s*[（(]\s*\d+\s*[，,]\s*\d+\s*[）)]\s*[，,;；]?)*\s*$")
+_MEC4_SPEAKER_MAX = 40
+
+
+def _mec4_marker(k: int) -> re.Pattern[str]:
+    """``k.speaker：`` at the start of utterance ``k`` (full-width or ASCII colon).
+
+    The speaker holds no colon, newline or ``<digit>.`` (which would be another marker).
+    """
+    speaker = rf"(?:(?!\d\.)[^：:\n]){{1,{_MEC4_SPEAKER_MAX}}}?"
+    return re.compile(rf"(?<!\d){k}\.\s*({speaker})\s*[：:]")
+
+
+def _mec4_find(text: str, k: int, start: int) -> re.Match[str] | None:
+    """First marker ``k.`` at/after ``start``, preferring one at a word boundary (space/start)."""
+    matches = list(_mec4_marker(k).finditer(text, start))
+    for m in matches:
+        if m.start() == 0 or text[m.start() - 1].isspace():
+            return m
+    return matches[0] if matches else None
+
+
+def parse_mec4_text(text: str) -> list[tuple[str, str]]:
+    """Split ``"1.spk：text 2.spk：text ..."`` into ``[(speaker, text), ...]``.
+
+    Markers are searched in order (1, 2, 3, ...), so digits inside an utterance only matter
+    if they form the next marker followed by a speaker and a colon.
+    """
+    found: list[re.Match[str]] = []
+    pos = 0
+    while (m := _mec4_find(text, len(found) + 1, pos)) is not None:
+        found.append(m)
+        pos = m.end()
+    if not found or text[: found[0].start()].strip():
+        raise ValueError("text does not start with '1.speaker：'")
+    out = []
+    for i, m in enumerate(found):
+        end = found[i + 1].start() if i + 1 < len(found) else len(text)
+        out.append((m.group(1).strip(), text[m.end() : end].strip()))
+    return out
+
+
+def _mec4_pairs(raw: object, path: PathLike, where: str) -> list[tuple[int, int]]:
+    """``"（1，2）（3，3）"`` / ``"(1,2),(3,3)"`` / ``[[1, 2], [3, 3]]`` -> list of pairs."""
+    if isinstance(raw, str):
+        if not _MEC4_PAIRS_STR.match(raw):
+            raise _error(path, where, "pairs", f"cannot parse pairs string {raw!r}")
+        return [(int(e), int(c)) for e, c in _MEC4_PAIR.findall(raw)]
+    if isinstance(raw, list):
+        pairs: list[tuple[int, int]] = []
+        for item in raw:
+            ints = [_as_int(v) for v in item] if isinstance(item, (list, tuple)) else []
+            emo, cause = ints if len(ints) == 2 else (None, None)
+            if emo is None or cause is None:
+                raise _error(path, where, "pairs", f"expected [emotion, cause], got {item!r}")
+            pairs.append((emo, cause))
+        return pairs
+    raise _error(path, where, "pairs", f"expected a string or a list of pairs, got {raw!r}")
+
+
+def _mec4_emotions(row: dict[str, Any], n_utt: int, path: PathLike, where: str) -> list[int]:
+    """Optional ``emotion``/``emotions`` labels (list or comma string); -1 when absent."""
+    field = "emotions" if "emotions" in row else "emotion"
+    raw = row.get(field)
+    if raw is None:
+        return [-1] * n_utt
+    labels = re.split(r"[,，;；|]", raw) if isinstance(raw, str) else raw
+    if not isinstance(labels, list) or len(labels) != n_utt:
+        raise _error(path, where, field, f"expected {n_utt} emotion labels, got {raw!r}")
+    return [
+        _parse_emotion(lab.strip() if isinstance(lab, str) else lab, path, where, field)
+        for lab in labels
+    ]
+
+
+def _mec4_row(row: object, index: int, path: PathLike) -> Conversation:
+    """Parse one MEC4 row."""
+    where = f"record {index}"
+    if not isinstance(row, dict):
+        raise _error(path, where, "<row>", f"expected an object, got {type(row).__name__}")
+    raw_id = row.get("dia_id")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)) or not str(raw_id).strip():
+        raise _error(path, where, "dia_id", f"missing or invalid dialogue id {raw_id!r}")
+    conv_id = str(raw_id).strip()
+    where = f"record {index} (dia_id {conv_id!r})"
+    text = _require_str(row, "text", path, where)
+    try:
+        utts = parse_mec4_text(text)
+    except ValueError as exc:
+        raise _error(path, where, "text", str(exc)) from None
+    dia_len = _as_int(row.get("dia_len"))
+    if dia_len != len(utts):
+        raise _error(
+            path,
+            where,
+            "dia_len",
+            f"dia_len {row.get('dia_len')!r} but text has {len(utts)} utterances",
+        )
+    for u, (speaker, utt_text) in enumerate(utts, start=1):
+        if not speaker or not utt_text:
+            raise _error(path, where, "text", f"utterance {u} has an empty speaker or text")
+    return _make_conversation(
+        conv_id,
+        [s for s, _ in utts],
+        [t for _, t in utts],
+        _mec4_emotions(row, len(utts), path, where),
+        _mec4_pairs(row.get("pairs"), path, where),
+        [f"{conv_id}_{u}" for u in range(1, len(utts) + 1)],
+        path=path,
+        where=where,
+        pairs_field="pairs",
+    )
+
+
+def load_mec4(path: PathLike) -> list[Conversation]:
+    """Load a MEC4 ``MEC4_text/{train,valid,test}.json`` file (a JSON list of rows)."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise _error(path, "file", "<root>", "expected a list of dialogue rows")
+    conversations = [_mec4_row(row, i, path) for i, row in enumerate(data)]
+    _check_file_ids(conversations, path)
+    return conversations
+
+
+# ------------------------------------------------------------------------------- split / stats
+
+
+def split_path(dataset: str, data_dir: PathLike, split: str) -> Path:
+    """The file holding ``split`` (``train``/``dev``/``test``; ``valid`` = ``dev``) of ``dataset``."""
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of train, dev, test")
+    split = _SPLITS[split]
+    data_dir = Path(data_dir)
+    if dataset == "ecf":
+        return data_dir / f"{split}.txt"
+    mecad_or_mec4 = "valid" if split == "dev" else split
+    if dataset == "mecad":
+        return data_dir / f"{mecad_or_mec4}_data_pair.json"
+    if dataset == "mec4":
+        return data_dir / "MEC4_text" / f"{mecad_or_mec4}.json"
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of ecf, mecad, mec4")
+
+
+_LOADERS = {"ecf": load_ecf, "mecad": load_mecad, "mec4": load_mec4}
+
+
+def load_split(dataset: str, data_dir: PathLike, split: str) -> list[Conversation]:
+    """Load one split of ``dataset`` (``ecf``, ``mecad`` or ``mec4``) from ``data_dir``."""
+    path = split_path(dataset, data_dir, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{dataset} {split} split not found: {path}")
+    return _LOADERS[dataset](path)
+
+
+def summarize(conversations: Iterable[Conversation]) -> dict[str, int]:
+    """Counts: conversations, utterances, pairs, emotion rows with a pair, multi-cause rows."""
+    stats = dict.fromkeys(
+        (
+            "conversations",
+            "utterances",
+            "pairs",
+            "emotion_utterances",
+            "multi_cause_rows",
+            "pairs_out_of_range",
+        ),
+        0,
+    )
+    for conv in conversations:
+        stats["conversations"] += 1
+        stats["utterances"] += len(conv)
+        stats["pairs"] += len(conv.pairs)
+        causes_per_row: dict[int, int] = {}
+        for emo, cause in conv.pairs:
+            causes_per_row[emo] = causes_per_row.get(emo, 0) + 1
+            if not (1 <= emo <= len(conv) and 1 <= cause <= len(conv)):
+                stats["pairs_out_of_range"] += 1
+        stats["emotion_utterances"] += len(causes_per_row)
+        stats["multi_cause_rows"] += sum(n >= 2 for n in causes_per_row.values())
+    return stats

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torch_pairconf import RPCLoss, consistency_loss, corrupt_submodule, pair_margin_loss
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+class PairModel(nn.Module):
+    """A tiny MECPE-style model: utterance encoder -> context encoder -> bilinear pair scorer."""
+
+    def __init__(self, d: int = 6, h: int = 8, lstm: bool = False) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d, h)
+        self.encoder: nn.Module = nn.LSTM(h, h // 2, batch_first=True, bidirectional=True) if lstm else nn.Linear(h, h)
+        self.bilinear = nn.Parameter(torch.randn(h, h) * 0.1)
+        self.seen_h: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(torch.relu(self.proj(x)))
+        h = out[0] if isinstance(out, tuple) else out
+        self.seen_h.append(h)  # what the pair scorer received (after any corruption hook)
+        return h @ self.bilinear @ h.transpose(-1, -2)  # (B, N, N) pair logits
+
+
+def _batch(b: int = 3, n: int = 5, d: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, n + 1, (b,), generator=g)
+    real = torch.arange(n) < lengths.unsqueeze(-1)
+    valid = real.unsqueeze(-1) & real.unsqueeze(-2)
+    gold = (torch.rand(b, n, n, generator=g) < 0.15) & valid
+    return {"x": torch.randn(b, n, d, generator=g), "gold": gold, "valid": valid}
+
+
+def _readme_snippet() -> str:
+    text = README.read_text(encoding="utf-8")
+    match = re.search(r"<!-- integration:start -->\s*```python\n(.*?)```\s*<!-- integration:end -->", text, re.S)
+    assert match, "README.md must hold the two-line integration between integration markers"
+    return match.group(1)
+
+
+def test_readme_two_line_integration_runs_as_written() -> None:
+    snippet = _readme_snippet()
+    added = [line for line in snippet.splitlines() if "# + RPCL" in line]
+    assert len(added) == 2, "the README integration must add exactly two marked lines"
+    torch.manual_seed(0)
+    model = PairModel()
+    namespace: dict[str, Any] = {
+        "model": model,
+        "loader": [_batch(seed=s) for s in range(4)],
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
+        "F": F,
+        "torch": torch,
+    }
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    exec(compile(snippet, str(README), "exec"), namespace)
+    assert torch.isfinite(namespace["loss"])
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.encoder._forward_pre_hooks and not model.encoder._forward_hooks
+    # without the two lines the snippet is a plain trainer and still runs
+    plain = "\n".join(line for line in snippet.splitlines() if "# + RPCL" not in line)
+    namespace["model"] = PairModel()
+    namespace["optimizer"] = torch.optim.SGD(namespace["model"].parameters(), lr=0.1)
+    exec(compile(plain, "plain", "exec"), namespace)
+
+
+def test_terms_equal_the_library_functions() -> None:
+    batch = _batch()
+    model = PairModel()
+    scores = model(batch["x"])
+    corrupted = scores + 0.3 * torch.randn_like(scores)
+    rpcl = RPCLoss(margin_weight=0.7, consistency_weight=2.0, margin=0.1, k=2, divergence="js")
+    total = rpcl(scores, batch["gold"], batch["valid"], corrupted_scores=corrupted)
+    m = pair_margin_loss(scores, batch["gold"], batch["valid"], 0.1, 2, detach_negatives=True)
+    c = consistency_loss(scores, corrupted, batch["valid"], "js")
+    torch.testing.assert_close(total, 0.7 * m + 2.0 * c)
+    torch.testing.assert_close(rpcl.last["margin"], m.detach())
+    torch.testing.assert_close(rpcl.last["consistency"], c.detach())
+
+
+def test_margin_only_needs_no_second_pass() -> None:
+    batch = _batch()
+    model = PairModel()
+    scores = model(batch["x"])
+    calls = []
+    rpcl = RPCLoss(model.encoder, margin_weight=1.0, consistency_weight=0.0)
+    out = rpcl(scores, batch["gold"], batch["valid"], rerun=lambda: calls.append(1))
+    assert not calls
+    torch.testing.assert_close(out, pair_margin_loss(scores, batch["gold"], batch["valid"], detach_negatives=True))
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+@pytest.mark.parametrize("lstm", [False, True])
+def test_rerun_corrupts_only_non_gold_context(where: str, lstm: bool) -> None:
+    torch.manual_seed(0)
+    batch = _batch(b=4, n=6)
+    model = PairModel(lstm=lstm).eval()
+    seen: list[torch.Tensor] = []
+
+    def spy(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        seen.append(args[0])  # forward hooks receive the inputs as modified by pre-hooks
+
+    handle = model.encoder.register_forward_hook(spy)
+    clean = model(batch["x"])
+    rpcl = RPCLoss(model.encoder, where=where, margin_weight=0.0, consistency_weight=1.0, p=1.0,
+                   generator=torch.Generator().manual_seed(0))
+    loss = rpcl(clean, batch["gold"], batch["valid"], rerun=lambda: model(batch["x"]))
+    handle.remove()
+    assert loss > 0 and loss.requires_grad
+    a, b = (seen[0], seen[1]) if where == "input" else (model.seen_h[0], model.seen_h[1])
+    real = batch["valid"].any(-1)
+    protect = batch["gold"].any(-1) | batch["gold"].any(-2)
+    if where == "input":
+        # p = 1: every unprotected real utterance is zeroed, everything else is intact
+        hit = real & ~protect
+        assert b[hit].eq(0).all()
+        torch.testing.assert_close(b[~hit], a[~hit])
+    else:
+        hit = real & ~protect
+        assert b[hit].eq(0).all() and torch.equal(b[~hit], a[~hit])
+    assert not model.encoder._forward_pre_hooks and not model.encoder._forward_hooks
+
+
+def test_hook_removed_when_forward_raises() -> None:
+    model = PairModel()
+    with pytest.raises(RuntimeError, match="boom"), corrupt_submodule(model.encoder, lambda t: t):
+        raise RuntimeError("boom")
+    assert not model.encoder._forward_pre_hooks
+
+
+def test_probabilities_are_accepted() -> None:
+    batch = _batch()
+    logits = PairModel()(batch["x"])
+    probs = torch.sigmoid(logits)
+    a = RPCLoss(margin_weight=1.0)(logits, batch["gold"], batch["valid"])
+    b = RPCLoss(margin_weight=1.0, scores_are="probs")(probs, batch["gold"], batch["valid"])
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_warmup_ramps_weights() -> None:
+    batch = _batch()
+    scores = PairModel()(batch["x"]).detach()
+    rpcl = RPCLoss(margin_weight=1.0, warmup_steps=4)
+    full = pair_margin_loss(scores, batch["gold"], batch["valid"], detach_negatives=True)
+    got = [float(rpcl(scores, batch["gold"], batch["valid"])) for _ in range(6)]
+    expected = [float(full) * w for w in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)]
+    assert got == pytest.approx(expected)
+    assert int(rpcl.state_dict()["step"]) == 6
+    rpcl.eval()
+    rpcl(scores, batch["gold"], batch["valid"])
+    assert int(rpcl.step) == 6  # evaluation calls do not advance the schedule
+
+
+def test_errors() -> None:
+    batch = _batch()
+    model = PairModel()
+    scores = model(batch["x"])
+    with pytest.raises(ValueError, match="rerun=lambda"):
+        RPCLoss(consistency_weight=1.0)(scores, batch["gold"], batch["valid"])
+    with pytest.raises(ValueError, match="names no submodule"):
+        RPCLoss(consistency_weight=1.0)(scores, batch["gold"], batch["valid"], rerun=lambda: model(batch["x"]))
+    with pytest.raises(ValueError, match="must be \\(B, N, D\\)"):
+        RPCLoss(model.proj, consistency_weight=1.0)(
+            scores, batch["gold"], batch["valid"], rerun=lambda: model(batch["x"][:, :3])
+        )
+    assert not model.proj._forward_pre_hooks
+    with pytest.raises(ValueError, match="where must be one of"):
+        RPCLoss(where="middle")
+    with pytest.raises(ValueError, match="margin_weight must be a finite number >= 0"):
+        RPCLoss(margin_weight=-1.0)
+    with pytest.raises(ValueError, match="scores_are must be one of"):
+        RPCLoss(scores_are="odds")
+    with pytest.raises(TypeError, match="cannot take pair scores"):
+        RPCLoss(model.encoder, consistency_weight=1.0)(
+            scores, batch["gold"], batch["valid"], rerun=lambda: {"scores": scores}
+        )
+
+
+def test_loss_module_does_not_own_the_model() -> None:
+    model = PairModel()
+    rpcl = RPCLoss(model.encoder)
+    assert not any(n.startswith("_corrupt") for n, _ in rpcl.named_parameters())
+    assert set(rpcl.state_dict()) == {"step"}
