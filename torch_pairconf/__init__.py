@@ -16,6 +16,7 @@ from .diagnostics import (
     reliability_diagram,
     row_ranking,
 )
+from .listwise import PairListwiseLoss, pair_listwise_loss
 from .margin import PairMarginLoss, pair_margin_loss
 from .masks import (
     PairMasks,
@@ -34,6 +35,7 @@ __all__ = [
     "ConsistencyLoss",
     "ContextCorruption",
     "HardNegatives",
+    "PairListwiseLoss",
     "PairMarginLoss",
     "PairMasks",
     "RPCLoss",
@@ -50,6 +52,7 @@ __all__ = [
     "margin_violations",
     "mine_hard_negatives",
     "pair_auprc",
+    "pair_listwise_loss",
     "pair_margin_loss",
     "pair_masks",
     "pair_prf",

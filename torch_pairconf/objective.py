@@ -19,11 +19,13 @@ from ._checks import (
 )
 from .consistency import ConsistencyLoss
 from .corruption import ContextCorruption, gold_utterances
+from .listwise import PairListwiseLoss
 from .margin import PairMarginLoss
 
 __all__ = ["RPCLoss", "corrupt_submodule", "default_scores_fn", "utterance_mask"]
 
 WHERE: Final = ("input", "output")
+RANKINGS: Final = ("hinge", "softmax")
 
 
 def utterance_mask(valid: Tensor) -> Tensor:
@@ -116,6 +118,9 @@ class RPCLoss(nn.Module):
         where: ``"input"`` or ``"output"`` of ``corrupt``.
         margin_weight, consistency_weight: :math:`\lambda_m, \lambda_c \ge 0`; a zero weight skips
             its term (no second forward pass when ``consistency_weight == 0``).
+        ranking: ``"hinge"`` (:func:`~torch_pairconf.pair_margin_loss`) or ``"softmax"``
+            (:func:`~torch_pairconf.pair_listwise_loss`, where ``margin`` is in logit units and
+            ``space`` is unused).
         margin, k, space, temperature, detach_negatives: see :func:`~torch_pairconf.pair_margin_loss`.
         p, mode: see :func:`~torch_pairconf.context_corruption`.
         divergence, detach_clean: see :func:`~torch_pairconf.consistency_loss`.
@@ -144,6 +149,7 @@ class RPCLoss(nn.Module):
         where: str = "input",
         margin_weight: float = 0.3,
         consistency_weight: float = 0.0,
+        ranking: str = "hinge",
         margin: float = 0.2,
         k: int = 1,
         space: str = "prob",
@@ -161,6 +167,7 @@ class RPCLoss(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("where", where, WHERE)
+        check_choice("ranking", ranking, RANKINGS)
         check_nonneg("margin_weight", margin_weight)
         check_nonneg("consistency_weight", consistency_weight)
         check_choice("scores_are", scores_are, ("logits", "probs"))
@@ -177,7 +184,11 @@ class RPCLoss(nn.Module):
         self.eps = eps
         # Held outside the module tree so that .to()/state_dict of the loss never touch the model.
         self._corrupt: tuple[nn.Module, ...] = (corrupt,) if corrupt is not None else ()
-        self.margin_loss = PairMarginLoss(margin, k, space, temperature, detach_negatives)
+        self.margin_loss: nn.Module = (
+            PairMarginLoss(margin, k, space, temperature, detach_negatives)
+            if ranking == "hinge"
+            else PairListwiseLoss(k, temperature, margin, detach_negatives)
+        )
         self.corruption = ContextCorruption(p, mode, generator)
         self.consistency = ConsistencyLoss(divergence, detach_clean)
         self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=True)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from torch_pairconf import consistency_loss, mine_hard_negatives, pair_margin_loss
+from torch_pairconf import consistency_loss, mine_hard_negatives, pair_listwise_loss, pair_margin_loss
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +27,7 @@ CASES: dict[str, Callable[..., Any]] = {
     "miner_k4": lambda s, g, v: mine_hard_negatives(s, g, v, 4).values.sum(),
     "margin_k1": lambda s, g, v: pair_margin_loss(s, g, v, 0.2, 1),
     "margin_k3_logit": lambda s, g, v: pair_margin_loss(s, g, v, 1.0, 3, "logit", detach_negatives=True),
+    "listwise_k4": lambda s, g, v: pair_listwise_loss(s, g, v, 4, 2.0, 0.5),
     "consistency_kl": lambda s, g, v: consistency_loss(s.detach().flip(-1), s, v, "kl"),
     "consistency_js": lambda s, g, v: consistency_loss(s.detach().flip(-1), s, v, "js"),
 }
