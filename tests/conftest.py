@@ -79,19 +79,32 @@ def pair_batches(
 
 @st.composite
 def ulp_batches(draw: st.DrawFn, max_b: int = 2, max_n: int = 5) -> PairBatch:
-    """Like :func:`pair_batches`, but every valid score lies a few ulps above one base logit.
+    """Like :func:`pair_batches`, but the valid scores are consecutive float64 logits.
 
-    Distinct logits then map to equal *or adjacent* float64 probabilities, the case where a
-    threshold "halfway between two confidences" can round onto one of them. Invalid positions
-    keep the NaN/inf poison of the underlying batch.
+    Starting from a base logit, the scores step up one ulp at a time until four distinct
+    probabilities have been reached: several distinct logits then share one probability
+    (sigmoid merges them) and the distinct probabilities are adjacent floats, the case where a
+    threshold "halfway between two confidences" rounds onto one of them. Most entries are
+    valid, and half of the batches have gold exactly at the upper levels, so that the best cut
+    falls between two neighbours. Invalid positions keep the NaN/inf poison.
     """
     batch = draw(pair_batches(max_b=max_b, max_n=max_n))
-    base = draw(st.sampled_from([-3.0, -0.7, 0.0, 1.21, 2.5, 17.0, 36.5]) | st.floats(-40, 40))
-    stride = draw(st.sampled_from([1, 2, 3, 64]))  # ulps between neighbouring levels
+    base = draw(st.sampled_from([-3.0, -0.7, 1.21, 2.5, 36.5]) | st.floats(-4, 4))
     seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
-    level = torch.randint(0, 4, batch.scores.shape, generator=g, dtype=torch.float64)
     x = torch.tensor(base, dtype=torch.float64)
     ulp = torch.nextafter(x, torch.tensor(float("inf"), dtype=torch.float64)) - x
-    scores = torch.where(batch.valid, x + level * stride * ulp, batch.scores)
-    return PairBatch(scores, batch.gold, batch.valid)
+    steps = x + torch.arange(64, dtype=torch.float64) * ulp
+    new_prob = torch.ones(64, dtype=torch.bool)
+    new_prob[1:] = torch.sigmoid(steps[1:]) != torch.sigmoid(steps[:-1])
+    n_steps = int(new_prob.nonzero()[:4].max()) + 1 if int(new_prob.sum()) > 3 else 64
+    steps = steps[: max(n_steps, 2)]
+    shape = batch.scores.shape
+    pick = torch.randint(0, steps.numel(), shape, generator=g)
+    valid = batch.valid | (torch.rand(shape, generator=g) < 0.75)
+    scores = torch.where(valid, steps[pick], batch.scores)
+    gold = batch.gold
+    if draw(st.booleans()):
+        cut = draw(st.integers(1, steps.numel() - 1))
+        gold = torch.sigmoid(steps[pick]) >= torch.sigmoid(steps[cut])
+    return PairBatch(scores, gold, valid)

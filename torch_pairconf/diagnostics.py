@@ -172,18 +172,21 @@ def best_threshold(scores: Tensor, gold: Tensor, valid: Tensor) -> Threshold:
 
     Every distinct valid confidence is a candidate cut; the returned threshold lies halfway
     between the lowest accepted confidence and the next lower one (or 0), so that
-    ``pair_prf(..., threshold)`` reproduces ``f1`` exactly. The highest F1 wins; ties go to the
-    higher threshold. With no gold pair the threshold is 0.5 and F1 0.
+    ``pair_prf(..., threshold)`` reproduces ``f1`` exactly. Where no float lies strictly between
+    the two (adjacent confidences, or an accepted confidence of exactly 0), it is the largest
+    float below the accepted confidence (a tiny negative number in the latter case). The
+    highest F1 wins; ties go to the higher threshold. With no gold pair the threshold is 0.5
+    and F1 0.
     """
     check_pair_inputs(scores, gold, valid, dims=None)
     if scores.numel() == 0:
         z = torch.zeros((), dtype=_ACC, device=scores.device)
         return Threshold(z + 0.5, z)
-    s, g, v, end = _sorted_valid(scores, gold, valid)
-    prob = torch.sigmoid(s)
-    # Sigmoid can merge distinct logits; cut only where the probability itself changes.
-    end = end.clone()
-    end[:-1] &= (prob[1:] != prob[:-1]) | ~v[1:]
+    # Sort the confidences computed exactly as pair_prf computes them, in the caller's layout:
+    # torch's vectorised sigmoid can differ by an ulp between the body and the tail of a kernel,
+    # so sigmoid of a sorted copy may disagree with pair_prf. Sorting by confidence also makes
+    # distinct logits that sigmoid merges into one confidence a single cut.
+    prob, g, v, end = _sorted_valid(torch.sigmoid(scores.detach().to(_ACC)), gold, valid)
     tp = g.cumsum(0, dtype=_ACC)
     n_pred = torch.arange(1, g.numel() + 1, device=g.device, dtype=_ACC)
     f1 = torch.where(end, _f1(tp, n_pred, gold.sum(dtype=_ACC)), torch.full_like(tp, -1.0))
@@ -193,6 +196,9 @@ def best_threshold(scores: Tensor, gold: Tensor, valid: Tensor) -> Threshold:
     nxt_valid = torch.cat([v[1:], v.new_zeros(1)])
     lower = torch.where(nxt_valid, nxt, torch.zeros_like(nxt))
     thr = (prob[best] + lower[best]) / 2
+    # The midpoint of two adjacent floats rounds onto one of them, and 0 / 2 == 0: fall back to
+    # the largest float below the accepted confidence, so that `prob > thr` still accepts it.
+    thr = torch.where(thr < prob[best], thr, torch.nextafter(prob[best], prob.new_tensor(-1.0)))
     has_gold = (gold & valid).any()
     return Threshold(
         torch.where(has_gold, thr, thr.new_tensor(0.5)),
@@ -207,10 +213,15 @@ def confidence_gap(scores: Tensor, gold: Tensor, valid: Tensor, space: str = "pr
     """
     check_pair_inputs(scores, gold, valid)
     check_choice("space", space, SPACES)
+    if scores.shape[-1] == 0:  # no candidate at all; mine_hard_negatives cannot gather from M=0
+        zeros = torch.zeros(scores.shape, dtype=_ACC, device=scores.device)
+        return ConfidenceGap(zeros, torch.zeros_like(valid), zeros.new_zeros(()))
     clean = scores.detach().masked_fill(~valid, 0).to(_ACC)
     neg = mine_hard_negatives(clean, gold, valid, 1)
     c = confidence(clean, space)
-    gaps = c - confidence(neg.values, space)
+    # Gather the negative's confidence from the same tensor (not sigmoid of neg.values, another
+    # layout, which can differ by an ulp) so that a tie gives a gap of exactly 0.
+    gaps = c - c.gather(-1, neg.indices)
     mask = gold & valid & neg.mask
     gaps = gaps.masked_fill(~mask, 0)
     return ConfidenceGap(gaps, mask, _div(gaps.sum(), mask.sum(dtype=_ACC)))
@@ -233,8 +244,9 @@ def _bins(scores: Tensor, valid: Tensor, n_bins: int, binning: str) -> tuple[Ten
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be an int >= 1, got {n_bins!r}")
     check_choice("binning", binning, ("width", "mass"))
-    prob = torch.sigmoid(scores.detach().reshape(-1).to(_ACC))
     v = valid.reshape(-1)
+    # Zero the invalid confidences: a NaN there would poison its bin's sums (NaN * 0 == NaN).
+    prob = torch.sigmoid(scores.detach().reshape(-1).to(_ACC)).masked_fill(~v, 0)
     if binning == "width":
         idx = (prob * n_bins).long().clamp(0, n_bins - 1)
     else:
@@ -280,7 +292,10 @@ def row_ranking(scores: Tensor, gold: Tensor, valid: Tensor) -> RowRanking:
     s = scores.detach().masked_fill(~valid, 0)
     low = torch.finfo(s.dtype).min
     vg = gold & valid
-    best_gold = s.masked_fill(~vg, low).amax(-1, keepdim=True)
+    if s.shape[-1] == 0:  # amax cannot reduce an empty row (such rows have no gold pair)
+        best_gold = s.new_full((*s.shape[:-1], 1), low)
+    else:
+        best_gold = s.masked_fill(~vg, low).amax(-1, keepdim=True)
     above = (valid & ~gold & (s >= best_gold)).sum(-1)
     row = gold.any(-1)
     reachable = vg.any(-1)

@@ -43,7 +43,9 @@ def valid_from_lengths(
     """
     lens = torch.as_tensor(lengths, dtype=torch.long, device=device)
     if lens.dim() != 1:
-        raise ValueError(f"lengths must be 1-D (one length per conversation), got shape {tuple(lens.shape)}")
+        raise ValueError(
+            f"lengths must be 1-D (one length per conversation), got shape {tuple(lens.shape)}"
+        )
     if window is not None and window < 0:
         raise ValueError(f"window must be >= 0 or None, got {window}")
     n_max = int(lens.max()) if lens.numel() else 0
@@ -132,7 +134,7 @@ def two_class_to_logit(logits: Tensor) -> Tensor:
     every loss here as a pair logit.
     """
     check_float("logits", logits)
-    if logits.shape[-1] != 2:
+    if logits.dim() == 0 or logits.shape[-1] != 2:
         raise ValueError(f"logits must have a last dimension of size 2, got {tuple(logits.shape)}")
     return logits[..., 1] - logits[..., 0]
 
@@ -144,6 +146,7 @@ def dense_from_candidates(
     col_index: Tensor,
     shape: tuple[int, int, int],
     labels: Tensor | None = None,
+    check_bounds: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Scatter a flat list of candidate-pair logits into the dense ``(B, N, M)`` contract.
 
@@ -152,6 +155,8 @@ def dense_from_candidates(
         batch_index, row_index, col_index: ``(P,)`` int64 positions (row = emotion utterance).
         shape: ``(B, N, M)``.
         labels: optional ``(P,)`` bool gold flags.
+        check_bounds: raise ``ValueError`` for an index outside ``shape`` (reads the indices, so
+            it synchronises with a GPU once; pass ``False`` on a hot path with trusted indices).
 
     Returns:
         ``(scores, gold, valid)``: scores (zero where no candidate, gradient flows back to
@@ -160,10 +165,22 @@ def dense_from_candidates(
     check_float("logits", logits)
     if logits.dim() != 1:
         raise ValueError(f"logits must be a flat (P,) tensor, got {tuple(logits.shape)}")
-    for name, idx in (("batch_index", batch_index), ("row_index", row_index), ("col_index", col_index)):
+    for name, idx in (
+        ("batch_index", batch_index),
+        ("row_index", row_index),
+        ("col_index", col_index),
+    ):
         if idx.shape != logits.shape or idx.dtype != torch.long:
             raise ValueError(f"{name} must be an int64 tensor of shape {tuple(logits.shape)}")
     b, n, m = shape
+    if check_bounds:
+        for name, idx, size in (
+            ("batch_index", batch_index, b),
+            ("row_index", row_index, n),
+            ("col_index", col_index, m),
+        ):
+            if idx.numel() and bool(((idx < 0) | (idx >= size)).any()):
+                raise ValueError(f"{name} has entries outside [0, {size}) for shape {tuple(shape)}")
     flat = (batch_index * n + row_index) * m + col_index
     scores = logits.new_zeros(b * n * m).index_put((flat,), logits)
     valid = torch.zeros(b * n * m, dtype=torch.bool, device=logits.device).index_put(
@@ -172,5 +189,10 @@ def dense_from_candidates(
     gold = torch.zeros_like(valid)
     if labels is not None:
         check_bool("labels", labels)
+        if labels.shape != logits.shape:  # index_put would broadcast a (1,) tensor silently
+            raise ValueError(
+                f"labels must be a bool tensor of shape {tuple(logits.shape)}, "
+                f"got {tuple(labels.shape)}"
+            )
         gold = gold.index_put((flat,), labels)
     return scores.view(b, n, m), gold.view(b, n, m), valid.view(b, n, m)

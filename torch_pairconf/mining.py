@@ -59,6 +59,13 @@ def mine_hard_negatives(scores: Tensor, gold: Tensor, valid: Tensor, k: int = 1)
     check_k(k)
     negative = valid & ~gold
     m = scores.shape[-1]
+    if m == 0:  # no candidate columns at all (a shape fact, so no sync): nothing to select
+        shape = (*scores.shape[:-1], k)
+        return HardNegatives(
+            scores.new_zeros(shape),
+            torch.zeros(shape, dtype=torch.long, device=scores.device),
+            torch.zeros(shape, dtype=torch.bool, device=scores.device),
+        )
     sentinel = torch.finfo(scores.dtype).min
     # The key is detached: selection itself is not differentiable and must not see masked NaNs.
     key = scores.detach().masked_fill(~negative, sentinel)

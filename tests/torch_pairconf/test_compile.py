@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 import torch
 
-from torch_pairconf import consistency_loss, mine_hard_negatives, pair_listwise_loss, pair_margin_loss
+from torch_pairconf import (
+    consistency_loss,
+    mine_hard_negatives,
+    pair_listwise_loss,
+    pair_margin_loss,
+)
 
 pytestmark = pytest.mark.slow
 
