@@ -15,6 +15,16 @@ REDUCTIONS: Final = ("none", "mean", "sum")
 SPACES: Final = ("prob", "logit")
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Device equality where a missing index means the current device of that type.
+
+    ``torch.device("cuda") != torch.device("cuda:0")`` although both name the same GPU.
+    """
+    if a.type != b.type:
+        return False
+    return a.index is None or b.index is None or a.index == b.index
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:

@@ -7,7 +7,7 @@ from typing import Final
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_bool, check_choice, check_float
+from ._checks import check_bool, check_choice, check_float, same_device
 
 __all__ = ["MODES", "ContextCorruption", "context_corruption", "gold_utterances"]
 
@@ -113,7 +113,7 @@ def context_corruption(
             raise ValueError(f"{name} must have shape (B, N) = {tuple(x.shape[:2])}, got {tuple(t.shape)}")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if generator is not None and generator.device != x.device:
+    if generator is not None and not same_device(generator.device, x.device):
         raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
     if not training or p == 0.0:
         return x, torch.zeros_like(mask)

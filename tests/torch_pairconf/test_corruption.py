@@ -136,3 +136,11 @@ def test_bad_arguments() -> None:
         context_corruption(x, protect, mask[:, :2], 0.2)
     with pytest.raises(ValueError, match=r"x must have shape \(B, N, D\)"):
         context_corruption(x[0], protect, mask, 0.2)
+
+
+def test_same_device_treats_missing_index_as_current() -> None:
+    from torch_pairconf._checks import same_device
+
+    assert same_device(torch.device("cuda"), torch.device("cuda:0"))
+    assert not same_device(torch.device("cuda:1"), torch.device("cuda:0"))
+    assert not same_device(torch.device("cpu"), torch.device("cuda"))

@@ -1,0 +1,297 @@
+"""Turning conversations into padded mini-batches for the reference MECPE model.
+
+One :class:`Example` holds everything the model and the losses need about one conversation
+(utterance features, hashed character n-grams for the trainable ``hash`` text encoder, speaker
+ids, emotion labels, cause labels, gold pairs). :func:`collate` pads a list of examples to the
+longest conversation of the batch and builds the ``(B, N, N)`` ``gold`` / ``valid`` pair masks with
+:func:`torch_pairconf.pair_masks` (rows = emotion utterance, columns = candidate cause).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from torch_pairconf import pair_masks
+
+__all__ = [
+    "DEFAULT_HASH_BUCKETS",
+    "Batch",
+    "Example",
+    "batch_indices",
+    "build_examples",
+    "collate",
+    "hash_ngrams",
+]
+
+#: Number of hash buckets of the trainable ``hash`` text encoder.
+DEFAULT_HASH_BUCKETS: int = 2**18
+
+_MAX_WORD_CHARS = 20
+
+
+def hash_ngrams(text: str, buckets: int = DEFAULT_HASH_BUCKETS) -> list[int]:
+    """Hash an utterance into bucket ids of its character uni-/bi-grams and whitespace words.
+
+    The text is lower-cased and its whitespace collapsed. Features: every non-space character,
+    every pair of adjacent characters (spaces included, so word boundaries are visible), and every
+    whitespace-separated word of at most 20 characters (useful for English; Chinese text has no
+    spaces, so there it only adds the occasional short chunk). Hashing uses CRC-32, which is stable
+    across processes and platforms (Python's ``hash`` is salted per process).
+
+    Args:
+        text: the utterance.
+        buckets: number of hash buckets (ids are in ``[0, buckets)``).
+
+    Returns:
+        The list of bucket ids (may be empty for an empty utterance).
+    """
+    t = " ".join(text.lower().split())
+    grams = [f"1{c}" for c in t if not c.isspace()]
+    grams += [f"2{t[i : i + 2]}" for i in range(len(t) - 1)]
+    grams += [f"w{w}" for w in t.split(" ") if w and len(w) <= _MAX_WORD_CHARS]
+    return [zlib.crc32(g.encode("utf-8")) % buckets for g in grams]
+
+
+@dataclass
+class Example:
+    """One conversation, ready for :func:`collate`.
+
+    Attributes:
+        conv_id: conversation id.
+        length: number of utterances ``n``.
+        pairs: gold ``(emotion, cause)`` pairs, 1-based utterance indices.
+        speakers: ``(n,)`` int64 speaker index within the conversation (first speaker is 0).
+        emotions: ``(n,)`` int64 emotion class, ``-1`` when unknown.
+        causes: ``(n,)`` float32, 1.0 when the utterance is the cause of at least one gold pair.
+        text: ``(n, d)`` float32 frozen text embeddings, or ``None`` with the ``hash`` encoder.
+        tokens: per utterance hashed n-gram ids (``hash`` encoder), else ``None``.
+        audio: ``(n, d_a)`` float32 audio features or ``None``.
+        video: ``(n, d_v)`` float32 video features or ``None``.
+    """
+
+    conv_id: str
+    length: int
+    pairs: tuple[tuple[int, int], ...]
+    speakers: Tensor
+    emotions: Tensor
+    causes: Tensor
+    text: Tensor | None = None
+    tokens: list[list[int]] | None = None
+    audio: Tensor | None = None
+    video: Tensor | None = None
+
+
+@dataclass
+class Batch:
+    """A padded mini-batch of ``B`` conversations of at most ``N`` utterances.
+
+    Attributes:
+        conv_ids: the ``B`` conversation ids.
+        lengths: ``(B,)`` int64 number of utterances, always on the CPU (``pack_padded_sequence``).
+        mask: ``(B, N)`` bool, True for real utterances.
+        speakers: ``(B, N)`` int64 speaker index, ``-1`` on padding.
+        emotions: ``(B, N)`` int64 emotion class, ``-1`` on padding and unknown labels.
+        causes: ``(B, N)`` float32 utterance-level cause labels (0 on padding).
+        gold: ``(B, N, N)`` bool gold pairs, row = emotion utterance, column = cause.
+        valid: ``(B, N, N)`` bool candidate pairs (all pairs of real utterances, optionally
+            restricted by a window / cause-not-after-emotion).
+        pairs: the gold pairs per conversation (1-based), for decoding and reporting.
+        text: ``(B, N, d)`` float32 text embeddings or ``None``.
+        token_ids: flat int64 hashed n-gram ids of all ``B * N`` utterance slots or ``None``.
+        token_offsets: ``(B * N,)`` int64 start of each slot's bag in ``token_ids`` or ``None``.
+        audio: ``(B, N, d_a)`` float32 or ``None``.
+        video: ``(B, N, d_v)`` float32 or ``None``.
+    """
+
+    conv_ids: list[str]
+    lengths: Tensor
+    mask: Tensor
+    speakers: Tensor
+    emotions: Tensor
+    causes: Tensor
+    gold: Tensor
+    valid: Tensor
+    pairs: list[tuple[tuple[int, int], ...]]
+    text: Tensor | None = None
+    token_ids: Tensor | None = None
+    token_offsets: Tensor | None = None
+    audio: Tensor | None = None
+    video: Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of conversations ``B``."""
+        return len(self.conv_ids)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Copy every tensor except ``lengths`` to ``device`` (``lengths`` stays on the CPU)."""
+        changes: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "lengths" and isinstance(value, Tensor):
+                changes[f.name] = value.to(device, non_blocking=True)
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def build_examples(
+    convs: Sequence[object],
+    *,
+    text: Sequence[np.ndarray] | None = None,
+    hash_buckets: int | None = None,
+    audio: Sequence[np.ndarray] | None = None,
+    video: Sequence[np.ndarray] | None = None,
+) -> list[Example]:
+    """Build :class:`Example` objects from ``examples.mecpe.data.Conversation`` objects.
+
+    Args:
+        convs: the conversations (``conv_id``, ``speakers``, ``texts``, ``emotions``, ``pairs``).
+        text: per conversation ``(n, d)`` frozen text embeddings (``None`` with ``hash``).
+        hash_buckets: when given, utterance texts are hashed into n-gram ids (``hash`` encoder).
+        audio: per conversation ``(n, d_a)`` audio features or ``None``.
+        video: per conversation ``(n, d_v)`` video features or ``None``.
+
+    Returns:
+        One example per conversation, in the same order.
+    """
+    out: list[Example] = []
+    for k, conv in enumerate(convs):
+        n = len(conv.texts)  # type: ignore[attr-defined]
+        names: dict[str, int] = {}
+        spk = [names.setdefault(s, len(names)) for s in conv.speakers]  # type: ignore[attr-defined]
+        causes = torch.zeros(n, dtype=torch.float32)
+        for _, c in conv.pairs:  # type: ignore[attr-defined]
+            if 1 <= c <= n:
+                causes[c - 1] = 1.0
+        ex = Example(
+            conv_id=conv.conv_id,  # type: ignore[attr-defined]
+            length=n,
+            pairs=tuple(tuple(p) for p in conv.pairs),  # type: ignore[attr-defined]
+            speakers=torch.tensor(spk, dtype=torch.long),
+            emotions=torch.tensor(conv.emotions, dtype=torch.long),  # type: ignore[attr-defined]
+            causes=causes,
+        )
+        if text is not None:
+            ex.text = _feature(text[k], n, "text", ex.conv_id)
+        if hash_buckets is not None:
+            ex.tokens = [hash_ngrams(t, hash_buckets) for t in conv.texts]  # type: ignore[attr-defined]
+        if audio is not None:
+            ex.audio = _feature(audio[k], n, "audio", ex.conv_id)
+        if video is not None:
+            ex.video = _feature(video[k], n, "video", ex.conv_id)
+        out.append(ex)
+    return out
+
+
+def _feature(array: np.ndarray, n: int, name: str, conv_id: str) -> Tensor:
+    t = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    if t.ndim != 2 or t.shape[0] != n:
+        raise ValueError(
+            f"{name} features of conversation {conv_id!r} have shape {tuple(t.shape)}, "
+            f"expected ({n}, dim)"
+        )
+    return t
+
+
+def _pad_features(items: Sequence[Tensor], n: int) -> Tensor:
+    dim = items[0].shape[1]
+    out = torch.zeros(len(items), n, dim, dtype=torch.float32)
+    for b, x in enumerate(items):
+        out[b, : x.shape[0]] = x
+    return out
+
+
+def collate(
+    examples: Sequence[Example],
+    *,
+    window: int | None = None,
+    cause_not_after_emotion: bool = False,
+) -> Batch:
+    """Pad ``examples`` into a :class:`Batch` and build the pair masks.
+
+    Args:
+        examples: the conversations of the batch (at least one).
+        window: when given, only pairs with ``|emotion - cause| <= window`` are candidates.
+        cause_not_after_emotion: when True, only pairs with ``cause <= emotion`` are candidates.
+
+    Returns:
+        The padded batch (on the CPU).
+    """
+    if not examples:
+        raise ValueError("collate() needs at least one example")
+    bsz = len(examples)
+    n = max(ex.length for ex in examples)
+    lengths = torch.tensor([ex.length for ex in examples], dtype=torch.long)
+    mask = torch.arange(n)[None, :] < lengths[:, None]
+    speakers = torch.full((bsz, n), -1, dtype=torch.long)
+    emotions = torch.full((bsz, n), -1, dtype=torch.long)
+    causes = torch.zeros(bsz, n, dtype=torch.float32)
+    for b, ex in enumerate(examples):
+        speakers[b, : ex.length] = ex.speakers
+        emotions[b, : ex.length] = ex.emotions
+        causes[b, : ex.length] = ex.causes
+    pairs = [ex.pairs for ex in examples]
+    masks = pair_masks(
+        lengths,
+        [list(p) for p in pairs],
+        n=n,
+        index_base=1,
+        window=window,
+        cause_not_after_emotion=cause_not_after_emotion,
+    )
+    batch = Batch(
+        conv_ids=[ex.conv_id for ex in examples],
+        lengths=lengths,
+        mask=mask,
+        speakers=speakers,
+        emotions=emotions,
+        causes=causes,
+        gold=masks.gold,
+        valid=masks.valid,
+        pairs=pairs,
+    )
+    first = examples[0]
+    if first.text is not None:
+        batch.text = _pad_features([ex.text for ex in examples], n)  # type: ignore[misc]
+    if first.audio is not None:
+        batch.audio = _pad_features([ex.audio for ex in examples], n)  # type: ignore[misc]
+    if first.video is not None:
+        batch.video = _pad_features([ex.video for ex in examples], n)  # type: ignore[misc]
+    if first.tokens is not None:
+        ids: list[int] = []
+        offsets: list[int] = []
+        for ex in examples:
+            toks = ex.tokens or []
+            for i in range(n):
+                offsets.append(len(ids))
+                if i < ex.length:
+                    ids.extend(toks[i])
+        batch.token_ids = torch.tensor(ids, dtype=torch.long)
+        batch.token_offsets = torch.tensor(offsets, dtype=torch.long)
+    return batch
+
+
+def batch_indices(
+    n_items: int,
+    batch_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    shuffle: bool = True,
+) -> Iterator[list[int]]:
+    """Yield lists of example indices, one per mini-batch.
+
+    With ``shuffle`` the order is ``torch.randperm(n_items, generator=generator)``, so a seeded
+    generator dedicated to data order gives the same order to every arm of a comparison, whatever
+    else draws random numbers during training.
+    """
+    if shuffle:
+        order = torch.randperm(n_items, generator=generator).tolist()
+    else:
+        order = list(range(n_items))
+    for start in range(0, n_items, batch_size):
+        yield order[start : start + batch_size]

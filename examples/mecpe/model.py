@@ -1,0 +1,271 @@
+"""The reference MECPE model: utterance encoder → BiLSTM context encoder → pair scorer.
+
+Architecture (the *matched base*; the RPCL arm only adds the library's loss terms):
+
+* :class:`UtteranceEncoder`: each modality (frozen text embedding or a trainable hashed n-gram
+  ``EmbeddingBag``; optional audio / video feature vectors) → ``Linear`` → concatenation →
+  ``Linear(→ utt_dim)`` + ReLU + dropout: utterance representations ``(B, N, D)``.
+* ``model.context`` (:class:`ContextEncoder`): a BiLSTM over the utterances of a conversation.
+  Its **first positional input** is the utterance representations ``(B, N, D)`` and its output
+  the contextual representations ``(B, N, H)``; :class:`torch_pairconf.RPCLoss` hooks it
+  (``where="input"`` corrupts utterance representations, ``where="output"`` contextual ones).
+* Auxiliary heads on ``H``: emotion (7-way) and cause (utterance is the cause of some pair).
+* :class:`PairScorer`: an MLP over ``[h_i; h_j; h_i * h_j; rel-pos(i - j); same-speaker]`` whose
+  first layer is factorised (``W_a h_i + W_b h_j + W_c (h_i * h_j) + embeddings``) so no
+  ``(B, N, N, 3H + …)`` concatenation is ever built, and which runs on the pairs of real
+  utterances only. Returns pair logits ``(B, N, N)`` with row ``i`` = emotion utterance and
+  column ``j`` = candidate cause (padding slots: a large negative constant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .batching import Batch
+
+__all__ = [
+    "N_EMOTIONS",
+    "ContextEncoder",
+    "MECPEModel",
+    "ModelConfig",
+    "ModelOutput",
+    "PairScorer",
+    "UtteranceEncoder",
+    "mecpe_loss",
+]
+
+N_EMOTIONS = 7
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of :class:`MECPEModel`.
+
+    Attributes:
+        text_dim: dimension of the frozen text embeddings, or ``None`` for the ``hash`` encoder.
+        hash_buckets: buckets of the hashed n-gram ``EmbeddingBag`` (``hash`` encoder only).
+        hash_dim: embedding size of the hashed n-grams.
+        audio_dim: audio feature dimension or ``None`` (no audio).
+        video_dim: video feature dimension or ``None`` (no video).
+        modality_dim: output size of each per-modality ``Linear``.
+        utt_dim: utterance representation size ``D``.
+        hidden: BiLSTM hidden size per direction (``H = 2 * hidden``).
+        pair_hidden: hidden size of the pair MLP.
+        max_rel: relative positions ``i - j`` are clipped to ``[-max_rel, max_rel]``.
+        dropout: dropout rate.
+        n_emotions: number of emotion classes.
+    """
+
+    text_dim: int | None = 384
+    hash_buckets: int = 2**18
+    hash_dim: int = 200
+    audio_dim: int | None = None
+    video_dim: int | None = None
+    modality_dim: int = 200
+    utt_dim: int = 200
+    hidden: int = 200
+    pair_hidden: int = 200
+    max_rel: int = 12
+    dropout: float = 0.3
+    n_emotions: int = N_EMOTIONS
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (stored in checkpoints)."""
+        return asdict(self)
+
+
+class ModelOutput(NamedTuple):
+    """Outputs of :class:`MECPEModel` (give RPCLoss ``scores_fn=lambda out: out.pair_logits``)."""
+
+    pair_logits: Tensor
+    """``(B, N, N)`` pair logits, row = emotion utterance, column = candidate cause."""
+    emotion_logits: Tensor
+    """``(B, N, n_emotions)`` emotion logits."""
+    cause_logits: Tensor
+    """``(B, N)`` utterance-level cause logits."""
+
+
+class UtteranceEncoder(nn.Module):
+    """Per-modality projections, fusion ``Linear`` + ReLU + dropout → ``(B, N, utt_dim)``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.bag: nn.EmbeddingBag | None = None
+        if cfg.text_dim is None:
+            self.bag = nn.EmbeddingBag(cfg.hash_buckets, cfg.hash_dim, mode="mean")
+            nn.init.normal_(self.bag.weight, std=0.1)
+            self.text = nn.Linear(cfg.hash_dim, cfg.modality_dim)
+        else:
+            self.text = nn.Linear(cfg.text_dim, cfg.modality_dim)
+        self.audio = nn.Linear(cfg.audio_dim, cfg.modality_dim) if cfg.audio_dim else None
+        self.video = nn.Linear(cfg.video_dim, cfg.modality_dim) if cfg.video_dim else None
+        n_mod = 1 + (self.audio is not None) + (self.video is not None)
+        self.fuse = nn.Linear(n_mod * cfg.modality_dim, cfg.utt_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Return utterance representations ``(B, N, utt_dim)`` (padding rows are not zeroed)."""
+        bsz, n = batch.mask.shape
+        if self.bag is not None:
+            if batch.token_ids is None or batch.token_offsets is None:
+                raise ValueError("the hash text encoder needs batch.token_ids / token_offsets")
+            text = self.bag(batch.token_ids, batch.token_offsets).view(bsz, n, -1)
+        else:
+            if batch.text is None:
+                raise ValueError("this model needs text embeddings (batch.text)")
+            text = batch.text
+        parts = [self.text(text)]
+        if self.audio is not None:
+            if batch.audio is None:
+                raise ValueError("this model was built with audio features; batch.audio is None")
+            parts.append(self.audio(batch.audio))
+        if self.video is not None:
+            if batch.video is None:
+                raise ValueError("this model was built with video features; batch.video is None")
+            parts.append(self.video(batch.video))
+        x = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        return self.dropout(F.relu(self.fuse(x)))
+
+
+class ContextEncoder(nn.Module):
+    """A BiLSTM over the utterances of each conversation (padding handled by packing).
+
+    ``forward(x, lengths_or_mask)``: ``x`` is ``(B, N, D)`` — the tensor RPCLoss corrupts with
+    ``where="input"`` — and the result ``(B, N, 2 * hidden)`` (zeros on padding) is what it
+    corrupts with ``where="output"``.
+    """
+
+    def __init__(self, input_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_dim, hidden, batch_first=True, bidirectional=True)
+        self.output_dim = 2 * hidden
+
+    def forward(self, x: Tensor, lengths_or_mask: Tensor) -> Tensor:
+        """Encode ``x`` ``(B, N, D)`` given ``(B,)`` lengths or a ``(B, N)`` bool mask."""
+        lengths = lengths_or_mask
+        if lengths.dtype == torch.bool:
+            lengths = lengths.sum(dim=1)
+        packed = pack_padded_sequence(
+            x, lengths.detach().to("cpu", torch.long), batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.lstm(packed)
+        padded, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return padded
+
+
+class PairScorer(nn.Module):
+    """Pair MLP with a factorised first layer, evaluated on the real pairs only.
+
+    ``z_ij = W_a h_i + W_b h_j + W_c (h_i * h_j) + E_rel[clip(i - j)] + E_spk[same(i, j)] + b``;
+    ``logit_ij = w · dropout(relu(z_ij)) + c``. ``W_a h`` and ``W_b h`` are computed once per
+    utterance; the product term and the MLP run on the ``P = sum_b n_b^2`` pairs of real
+    utterances (gathered with their ``(b, i, j)`` indices) instead of all ``B * N * N`` padded
+    slots, so the largest intermediate is ``(P, H)``. Padding slots get the logit
+    :attr:`pad_logit` (probability ~0); they are never in ``valid``.
+    """
+
+    pad_logit: float = -1e4
+
+    def __init__(self, input_dim: int, hidden: int, max_rel: int, dropout: float) -> None:
+        super().__init__()
+        self.max_rel = max_rel
+        self.w_emo = nn.Linear(input_dim, hidden)
+        self.w_cause = nn.Linear(input_dim, hidden, bias=False)
+        self.w_prod = nn.Linear(input_dim, hidden, bias=False)
+        self.rel = nn.Embedding(2 * max_rel + 1, hidden)
+        self.spk = nn.Embedding(2, hidden)
+        nn.init.normal_(self.rel.weight, std=0.02)
+        nn.init.normal_(self.spk.weight, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, h: Tensor, speakers: Tensor, mask: Tensor) -> Tensor:
+        """Score all pairs of real utterances.
+
+        Args:
+            h: ``(B, N, H)`` contextual utterance representations.
+            speakers: ``(B, N)`` speaker index within each conversation.
+            mask: ``(B, N)`` bool, real utterances.
+
+        Returns:
+            ``(B, N, N)`` logits, row = emotion utterance, column = candidate cause.
+        """
+        bsz, n, _ = h.shape
+        b, i, j = (mask[:, :, None] & mask[:, None, :]).nonzero(as_tuple=True)
+        rel = (i - j).clamp(-self.max_rel, self.max_rel) + self.max_rel
+        same = (speakers[b, i] == speakers[b, j]).long()
+        hi, hj = h[b, i], h[b, j]
+        z = (
+            self.w_emo(h)[b, i]
+            + self.w_cause(h)[b, j]
+            + self.w_prod(hi * hj)
+            + self.rel(rel)
+            + self.spk(same)
+        )
+        scores = self.out(self.dropout(F.relu(z))).squeeze(-1)
+        full = h.new_full((bsz, n, n), self.pad_logit)
+        return full.index_put((b, i, j), scores)
+
+
+class MECPEModel(nn.Module):
+    """Utterance encoder → ``context`` (BiLSTM) → emotion / cause heads and pair scorer."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.utterance = UtteranceEncoder(cfg)
+        self.context = ContextEncoder(cfg.utt_dim, cfg.hidden)
+        h = self.context.output_dim
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.emotion_head = nn.Linear(h, cfg.n_emotions)
+        self.cause_head = nn.Linear(h, 1)
+        self.pair_scorer = PairScorer(h, cfg.pair_hidden, cfg.max_rel, cfg.dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        """Run the model on a (device-resident) :class:`~examples.mecpe.batching.Batch`."""
+        x = self.utterance(batch)
+        h = self.dropout(self.context(x, batch.lengths))
+        return ModelOutput(
+            pair_logits=self.pair_scorer(h, batch.speakers, batch.mask),
+            emotion_logits=self.emotion_head(h),
+            cause_logits=self.cause_head(h).squeeze(-1),
+        )
+
+
+def mecpe_loss(out: ModelOutput, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    """Base loss: pair BCE (mean over valid candidates) + emotion CE + cause BCE, weights 1.
+
+    Emotion labels ``-1`` (unknown / padding) are ignored; the cause BCE is averaged over real
+    utterances. Terms without any target contribute zero.
+
+    Returns:
+        ``(loss, parts)`` with ``parts`` the detached float value of each term.
+    """
+    zero = out.pair_logits.new_zeros(())
+    valid = batch.valid
+    if bool(valid.any()):
+        pair = F.binary_cross_entropy_with_logits(
+            out.pair_logits[valid], batch.gold[valid].to(out.pair_logits.dtype)
+        )
+    else:
+        pair = zero
+    known = batch.emotions >= 0
+    if bool(known.any()):
+        emotion = F.cross_entropy(out.emotion_logits[known], batch.emotions[known])
+    else:
+        emotion = zero
+    mask = batch.mask
+    cause = F.binary_cross_entropy_with_logits(out.cause_logits[mask], batch.causes[mask])
+    loss = pair + emotion + cause
+    parts = {
+        "pair": float(pair.detach()),
+        "emotion": float(emotion.detach()),
+        "cause": float(cause.detach()),
+    }
+    return loss, parts
