@@ -62,7 +62,7 @@ def test_gradcheck_and_module() -> None:
     assert torch.autograd.gradcheck(lambda s: pair_listwise_loss(s, gold, valid, 3, 2.0, 0.5), (scores,))
     s = scores.detach()
     assert torch.equal(PairListwiseLoss(k=2, margin=0.5)(s, gold, valid), pair_listwise_loss(s, gold, valid, 2, margin=0.5))
-    rpcl = RPCLoss(ranking="softmax", margin_weight=1.0, k=2, margin=0.5, detach_negatives=False)
+    rpcl = RPCLoss(ranking="softmax", margin_weight=1.0, consistency_weight=0.0, k=2, margin=0.5, detach_negatives=False)
     torch.testing.assert_close(rpcl(s, gold, valid), pair_listwise_loss(s, gold, valid, 2, margin=0.5))
 
 

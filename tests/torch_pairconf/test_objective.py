@@ -140,15 +140,15 @@ def test_probabilities_are_accepted() -> None:
     batch = _batch()
     logits = PairModel()(batch["x"])
     probs = torch.sigmoid(logits)
-    a = RPCLoss(margin_weight=1.0)(logits, batch["gold"], batch["valid"])
-    b = RPCLoss(margin_weight=1.0, scores_are="probs")(probs, batch["gold"], batch["valid"])
+    a = RPCLoss(margin_weight=1.0, consistency_weight=0.0)(logits, batch["gold"], batch["valid"])
+    b = RPCLoss(margin_weight=1.0, consistency_weight=0.0, scores_are="probs")(probs, batch["gold"], batch["valid"])
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_warmup_ramps_weights() -> None:
     batch = _batch()
     scores = PairModel()(batch["x"]).detach()
-    rpcl = RPCLoss(margin_weight=1.0, warmup_steps=4)
+    rpcl = RPCLoss(margin_weight=1.0, consistency_weight=0.0, warmup_steps=4)
     full = pair_margin_loss(scores, batch["gold"], batch["valid"], detach_negatives=True)
     got = [float(rpcl(scores, batch["gold"], batch["valid"])) for _ in range(6)]
     expected = [float(full) * w for w in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)]
