@@ -1,0 +1,1 @@
+"""Benchmarks of torch-pairconf (run as ``python -m benchmarks.<script>`` from the repo root)."""

@@ -1,0 +1,141 @@
+"""Smoke tests of the benchmark scripts: one tiny size each, a few seconds in all.
+
+They keep ``benchmarks/`` from rotting: the core functions run, the result rows keep their schema,
+the CLI writes its files, and the loop baseline still computes the library's quantities.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import torch_pairconf as tp
+from benchmarks import bench_losses as bl
+from benchmarks import bench_step as bs
+from benchmarks import loop_reference as lr
+from benchmarks._common import header
+
+TINY = bl.Config(min_run_time=0.001, rounds=1, loop_min_run_time=0.001, loop_max_rows=8)
+
+
+def _check_row(row: dict, keys: tuple[str, ...]) -> None:
+    missing = set(keys) - set(row)
+    assert not missing, f"row lacks {missing}"
+    json.dumps(row)  # serialisable
+
+
+@pytest.fixture(scope="module")
+def loss_rows() -> list[dict]:
+    # B * N = 16 > loop_max_rows = 8: the extrapolated-loop path runs too.
+    return bl.bench_size(2, 8, torch.float32, torch.device("cpu"), cfg=TINY)
+
+
+def test_bench_losses_rows(loss_rows: list[dict]) -> None:
+    assert {(r["op"], r["mode"]) for r in loss_rows} == {(o, m) for o in bl.OPS for m in bl.MODES}
+    for r in loss_rows:
+        _check_row(r, bl.ROW_KEYS)
+        assert (r["B"], r["N"], r["M"], r["dtype"], r["device"]) == (2, 8, 8, "float32", "cpu")
+        for key in (
+            "ours_s",
+            "loop_s",
+            "floor_s",
+            "ours_over_loop",
+            "ours_over_floor",
+            "extra_mem_x",
+        ):
+            assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, key
+        assert r["loop_extrapolated"] is True
+        assert r["loop_rows_timed"] < r["loop_rows_total"] == 16
+    targets = bl.evaluate_targets(loss_rows)
+    assert all({"target", "value", "pass"} <= set(t) for t in targets)
+
+
+def test_bench_losses_outputs(loss_rows: list[dict], tmp_path) -> None:
+    payload = header("losses", torch.device("cpu"), 1, {"mode": "test"})
+    payload["targets"] = bl.evaluate_targets(loss_rows)
+    payload["rows"] = loss_rows
+    md = bl.to_markdown(payload)
+    assert "| B | N | op |" in md
+    pytest.importorskip("matplotlib")
+    rows32 = [dict(r, B=32) for r in loss_rows]
+    assert bl.plot(rows32, tmp_path / "losses.png")
+    assert (tmp_path / "losses.png").stat().st_size > 0
+
+
+def test_bench_losses_cli(tmp_path) -> None:
+    payload = bl.main(
+        [
+            "--sizes", "1x8", "--ops", "miner", "margin_k1", "--out", str(tmp_path),
+            "--min-run-time", "0.001", "--loop-min-run-time", "0.001", "--rounds", "1",
+        ]
+    )  # fmt: skip
+    data = json.loads((tmp_path / "losses.json").read_text())
+    for key in ("torch", "machine", "timestamp", "command", "settings", "targets", "rows"):
+        assert key in data
+    assert {"platform", "cpu_count", "processor"} <= set(data["machine"])
+    assert len(data["rows"]) == len(payload["rows"]) == 4
+    for r in data["rows"]:
+        _check_row(r, bl.ROW_KEYS)
+    assert (tmp_path / "losses.md").exists()
+
+
+@pytest.mark.parametrize("use_real", [True, False], ids=["reference-model", "stand-in"])
+def test_bench_step_rows(use_real: bool) -> None:
+    if use_real and not bs.HAVE_REAL_MODEL:
+        pytest.skip("examples.mecpe.model not importable")
+    cfg = bs.Config(min_run_time=0.001, rounds=1, memory=True)
+    rows = bs.bench_profile(
+        "tiny", [[3, 5, 2]], torch.device("cpu"), torch.float32, cfg, use_real=use_real
+    )
+    assert [r["op"] for r in rows] == list(bs.ARMS)
+    for r in rows:
+        _check_row(r, bs.ROW_KEYS)
+        assert (r["B"], r["N"], r["mode"]) == (3, 5, "step")
+        assert r["median_s"] > 0 and r["ratio_vs_base"] > 0 and r["mem_vs_base"] > 0
+    payload = header("step", torch.device("cpu"), 1, {"model": "test"})
+    payload["targets"] = bs.evaluate_targets(rows)
+    payload["rows"] = rows
+    assert "| profile |" in bs.to_markdown(payload)
+
+
+# ----------------------------------------------------------------------------- loop baseline
+
+
+def _inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    inp = bl.make_inputs(4, 9, torch.float64, torch.device("cpu"), seed)
+    return inp.scores, inp.corrupted, inp.gold, inp.valid
+
+
+def test_loop_reference_matches_library() -> None:
+    scores, corrupted, gold, valid = _inputs()
+    assert gold.any() and (~valid).any()  # gold pairs and padding are exercised
+    for k in (1, 4):
+        ours = tp.mine_hard_negatives(scores, gold, valid, k)
+        values, indices, mask = lr.loop_mine_hard_negatives(scores, gold, valid, k)
+        assert torch.equal(mask, ours.mask)
+        assert torch.equal(indices[mask], ours.indices[mask])
+        torch.testing.assert_close(values, ours.values)
+        for space in ("prob", "logit"):
+            kw = {"margin": 0.3, "k": k, "space": space, "temperature": 0.7}
+            torch.testing.assert_close(
+                lr.loop_pair_margin_loss(scores, gold, valid, **kw),
+                tp.pair_margin_loss(scores, gold, valid, **kw),
+            )
+    torch.testing.assert_close(
+        lr.loop_consistency_loss(scores, corrupted, valid),
+        tp.consistency_loss(scores, corrupted, valid),
+    )
+
+
+def test_loop_reference_gradients_and_rows() -> None:
+    scores, _, gold, valid = _inputs(1)
+    a = scores.clone().requires_grad_()
+    b = scores.clone().requires_grad_()
+    lr.loop_pair_margin_loss(a, gold, valid, k=2).backward()
+    tp.pair_margin_loss(b, gold, valid, k=2).backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    rows = lr.all_rows(4, 9)[::4]
+    assert lr.loop_mine_hard_negatives(scores, gold, valid, 2, rows=rows)[0].shape == (len(rows), 2)
