@@ -183,6 +183,19 @@ def series_folds(conv_ids: Sequence[str], n_folds: int = 5) -> list[int]:
     return [fold_of[series_of(c)] for c in conv_ids]
 
 
+def load_feature_tables(cfg: TrainConfig) -> dict[str, FeatureTable]:
+    """The audio / video tables ``cfg.modalities`` asks for (a missing path raises)."""
+    _, use_audio, use_video = modality_flags(cfg.modalities)
+    tables: dict[str, FeatureTable] = {}
+    for name, used, path in (("audio", use_audio, cfg.audio_table), ("video", use_video, cfg.video_table)):
+        if not used:
+            continue
+        if not path:
+            raise ValueError(f"modalities {cfg.modalities} need --{name}-table")
+        tables[name] = _feature_table(path, cfg.mapping)
+    return tables
+
+
 def _feature_table(path: str, mapping: str | None) -> FeatureTable:
     if mapping:
         return FeatureTable.from_ecf(path, mapping)
@@ -206,15 +219,7 @@ def featurize(
     """
     _, use_audio, use_video = modality_flags(cfg.modalities)
     if tables is None:
-        tables = {}
-        if use_audio:
-            if not cfg.audio_table:
-                raise ValueError(f"modalities {cfg.modalities} need --audio-table")
-            tables["audio"] = _feature_table(cfg.audio_table, cfg.mapping)
-        if use_video:
-            if not cfg.video_table:
-                raise ValueError(f"modalities {cfg.modalities} need --video-table")
-            tables["video"] = _feature_table(cfg.video_table, cfg.mapping)
+        tables = load_feature_tables(cfg)
     text = None
     if cfg.text_encoder != "hash":
         from .text import encode_conversations
@@ -271,16 +276,7 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     data_dir = cfg.data_dir or os.environ.get("MECPE_DATA_DIR")
     if not data_dir:
         raise ValueError("give --data-dir or set MECPE_DATA_DIR")
-    _, use_audio, use_video = modality_flags(cfg.modalities)
-    tables: dict[str, FeatureTable] = {}
-    if use_audio:
-        if not cfg.audio_table:
-            raise ValueError(f"modalities {cfg.modalities} need --audio-table")
-        tables["audio"] = _feature_table(cfg.audio_table, cfg.mapping)
-    if use_video:
-        if not cfg.video_table:
-            raise ValueError(f"modalities {cfg.modalities} need --video-table")
-        tables["video"] = _feature_table(cfg.video_table, cfg.mapping)
+    tables = load_feature_tables(cfg)
 
     def load(split: str) -> tuple[list[mecpe_data.Conversation], list[Example]]:
         convs = mecpe_data.load_split(cfg.dataset, data_dir, split)
