@@ -175,3 +175,11 @@ def check_once_differentiable(name: str) -> None:
             "(backward with create_graph=True); compute it with reduction='none' and reduce "
             "the result yourself"
         )
+
+
+def reduce_total(total: Tensor, count: Tensor, mean: bool, dtype: torch.dtype) -> Tensor:
+    """A fused loss' accumulated ``total`` (float32 or float64), divided by ``count`` if
+    ``mean`` (at least 1, so no contributing element gives an exact zero), in ``dtype``."""
+    if mean:
+        total = total / count.clamp_min(1)
+    return total if total.dtype == dtype else total.to(dtype)

@@ -17,6 +17,7 @@ from ._checks import (
     check_once_differentiable,
     check_same,
     reduce,
+    reduce_total,
     use_fused,
 )
 
@@ -96,7 +97,7 @@ class _KLLoss(torch.autograd.Function):
         total, gate = _kl_sum(clean, corrupted, valid, gate=True)
         count = torch.count_nonzero(valid)
         ctx.save_for_backward(clean, corrupted, gate, count if mean else None)
-        return _mean_or_sum(total, count, mean, clean.dtype)
+        return reduce_total(total, count, mean, clean.dtype)
 
     @staticmethod
     def backward(ctx: Any, g_loss: Tensor) -> tuple[Tensor | None, ...]:
@@ -119,12 +120,6 @@ class _KLLoss(torch.autograd.Function):
             grad_a = torch.sub(a, b).mul_(s).mul_(s.neg_().add_(1))  # (a - b) s (1 - s)
             grad_a = grad_a.mul_(g).masked_fill_(off, 0).to(clean.dtype)
         return grad_a, grad_b, None, None
-
-
-def _mean_or_sum(total: Tensor, count: Tensor, mean: bool, dtype: torch.dtype) -> Tensor:
-    if mean:
-        total = total / count.clamp_min(1)
-    return total if total.dtype == dtype else total.to(dtype)
 
 
 def consistency_loss(
@@ -175,7 +170,7 @@ def consistency_loss(
             loss: Tensor = _KLLoss.apply(clean, corrupted, valid, mean)  # type: ignore[no-untyped-call]
             return loss
         total, _ = _kl_sum(clean.detach(), corrupted.detach(), valid, gate=False)
-        return _mean_or_sum(total, torch.count_nonzero(valid), mean, clean.dtype)
+        return reduce_total(total, torch.count_nonzero(valid), mean, clean.dtype)
     work = torch.promote_types(clean.dtype, torch.float32)
     a = clean.masked_fill(~valid, 0).to(work)
     b = corrupted.masked_fill(~valid, 0).to(work)

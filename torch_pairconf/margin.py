@@ -18,6 +18,7 @@ from ._checks import (
     check_pair_inputs,
     check_positive,
     reduce,
+    reduce_total,
     use_fused,
 )
 from .mining import mine_hard_negatives
@@ -204,20 +205,13 @@ class _HingeK1(torch.autograd.Function):
             scores, gold, valid, margin, prob, temperature, True, with_neg, mean
         )
         ctx.ds = ds
-        return _reduce(total, count, mean, scores.dtype)
+        return reduce_total(total, count, mean, scores.dtype)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         check_once_differentiable("pair_margin_loss")
         ds: Tensor = ctx.ds
         return ds * g, None, None, None, None, None, None, None
-
-
-def _reduce(total: Tensor, count: Tensor, mean: bool, dtype: torch.dtype) -> Tensor:
-    """``total`` (float32 or float64) divided by ``count`` if ``mean``, in ``dtype``."""
-    if mean:
-        total = total / count.clamp_min(1)
-    return total if total.dtype == dtype else total.to(dtype)
 
 
 def _hinge_topk(
@@ -296,7 +290,7 @@ class _HingeTopK(torch.autograd.Function):
         )
         ctx.save_for_backward(scores, gold, valid, t, has, index, count if mean else None)
         ctx.prob, ctx.temperature = prob, temperature
-        return _reduce(total, count, mean, scores.dtype)
+        return reduce_total(total, count, mean, scores.dtype)
 
     @staticmethod
     def backward(ctx: Any, g_loss: Tensor) -> tuple[Tensor | None, ...]:
@@ -423,7 +417,7 @@ def pair_margin_loss(
             total, count, *_ = _hinge_topk(
                 scores.detach(), gold, valid, margin, k, prob, temperature, False
             )
-        return _reduce(total, count, mean, scores.dtype)
+        return reduce_total(total, count, mean, scores.dtype)
     # Zero the masked entries first so that NaN/inf there cannot reach values or gradients.
     clean = scores.masked_fill(~valid, 0)
     c = confidence(clean, space, temperature)
