@@ -85,6 +85,15 @@ def tabulate(entries: list[tuple[str, str]], seeds: list[int], ns: argparse.Name
             vals = " | ".join(f"{dev.get(k, float('nan')):.4f}" for k, _ in COLUMNS)
             rows.append(f"| {name} | {seed} | {vals} | `{args}` |")
     Path(ns.out, "ablations.json").write_text(json.dumps(records, indent=1))
+    if len(seeds) > 1:
+        rows += ["", f"Mean over the seeds each setting has ({', '.join(map(str, seeds))}):", ""]
+        rows.append("| setting | runs | " + " | ".join(c for _, c in COLUMNS) + " |")
+        rows.append("|" + "---|" * (len(COLUMNS) + 2))
+        for name, _args in entries:
+            devs = [r["dev"] for r in records if r["name"] == name]
+            if devs:
+                means = (sum(d.get(k, float("nan")) for d in devs) / len(devs) for k, _ in COLUMNS)
+                rows.append(f"| {name} | {len(devs)} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
     return "\n".join(rows) + "\n"
 
 

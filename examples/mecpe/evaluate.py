@@ -265,7 +265,7 @@ def load_checkpoint(
 ) -> tuple[MECPEModel, dict[str, Any]]:
     """Load a ``best.pt`` / ``last.pt`` checkpoint; returns ``(model in eval mode, checkpoint)``."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = MECPEModel(ModelConfig(**ckpt["model_config"]))
+    model = MECPEModel(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     return model, ckpt

@@ -57,6 +57,11 @@ class ModelConfig:
         utt_dim: utterance representation size ``D``.
         hidden: BiLSTM hidden size per direction (``H = 2 * hidden``).
         pair_hidden: hidden size of the pair MLP.
+        pair_rank: the product term ``h_i * h_j`` is taken in a learned ``pair_rank``-dimensional
+            projection of ``h`` (``None``: in ``h`` itself, ``H`` dimensions). It is the pair
+            scorer's largest cost, paid on every pair (and again in RPCL's second pass).
+        pair_dropout: dropout on the pair MLP's hidden layer (``None``: ``dropout``). One Bernoulli
+            draw per pair and hidden unit; ``h`` itself is already dropped out.
         max_rel: relative positions ``i - j`` are clipped to ``[-max_rel, max_rel]``.
         dropout: dropout rate.
         n_emotions: number of emotion classes.
@@ -71,13 +76,24 @@ class ModelConfig:
     utt_dim: int = 200
     hidden: int = 200
     pair_hidden: int = 200
+    pair_rank: int | None = 64
+    pair_dropout: float | None = 0.0
     max_rel: int = 12
-    dropout: float = 0.3
+    dropout: float = 0.1
     n_emotions: int = N_EMOTIONS
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (stored in checkpoints)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Rebuild from :meth:`to_dict`; keys missing from older checkpoints get their old values."""
+        return cls(**{**_LEGACY, **d})
+
+
+#: What a checkpoint written before a field existed was trained with.
+_LEGACY: dict[str, Any] = {"pair_rank": None, "pair_dropout": None}
 
 
 class ModelOutput(NamedTuple):
@@ -162,27 +178,32 @@ class ContextEncoder(nn.Module):
 class PairScorer(nn.Module):
     """Pair MLP with a factorised first layer, evaluated on the real pairs only.
 
-    ``z_ij = W_a h_i + W_b h_j + W_c (h_i * h_j) + E_rel[clip(i - j)] + E_spk[same(i, j)] + b``;
-    ``logit_ij = w · dropout(relu(z_ij)) + c``. ``W_a h`` and ``W_b h`` are computed once per
-    utterance; the product term and the MLP run on the ``P = sum_b n_b^2`` pairs of real
+    ``z_ij = W_a h_i + W_b h_j + W_c (U h_i * U h_j) + E_rel[clip(i - j)] + E_spk[same(i, j)] + b``;
+    ``logit_ij = w · dropout(relu(z_ij)) + c``, with ``U`` a ``rank``-dimensional projection
+    (the identity when ``rank is None``). ``W_a h``, ``W_b h`` and ``U h`` are computed once
+    per utterance; the product term and the MLP run on the ``P = sum_b n_b^2`` pairs of real
     utterances (gathered with their ``(b, i, j)`` indices) instead of all ``B * N * N`` padded
-    slots, so the largest intermediate is ``(P, H)``. Padding slots get the logit
+    slots, so the largest intermediate is ``(P, hidden)``. Padding slots get the logit
     :attr:`pad_logit` (probability ~0); they are never in ``valid``.
     """
 
     pad_logit: float = -1e4
 
-    def __init__(self, input_dim: int, hidden: int, max_rel: int, dropout: float) -> None:
+    def __init__(
+        self, input_dim: int, hidden: int, max_rel: int, dropout: float, rank: int | None = None
+    ) -> None:
         super().__init__()
         self.max_rel = max_rel
         self.w_emo = nn.Linear(input_dim, hidden)
         self.w_cause = nn.Linear(input_dim, hidden, bias=False)
-        self.w_prod = nn.Linear(input_dim, hidden, bias=False)
+        self.u_prod = nn.Linear(input_dim, rank, bias=False) if rank is not None else None
+        self.w_prod = nn.Linear(rank or input_dim, hidden, bias=False)
         self.rel = nn.Embedding(2 * max_rel + 1, hidden)
         self.spk = nn.Embedding(2, hidden)
         nn.init.normal_(self.rel.weight, std=0.02)
         nn.init.normal_(self.spk.weight, std=0.02)
-        self.dropout = nn.Dropout(dropout)
+        # nn.Identity at 0: a zero-rate nn.Dropout still draws its Bernoulli mask on some builds.
+        self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out = nn.Linear(hidden, 1)
 
     def forward(self, h: Tensor, speakers: Tensor, mask: Tensor) -> Tensor:
@@ -200,11 +221,11 @@ class PairScorer(nn.Module):
         b, i, j = (mask[:, :, None] & mask[:, None, :]).nonzero(as_tuple=True)
         rel = (i - j).clamp(-self.max_rel, self.max_rel) + self.max_rel
         same = (speakers[b, i] == speakers[b, j]).long()
-        hi, hj = h[b, i], h[b, j]
+        u = self.u_prod(h) if self.u_prod is not None else h
         z = (
             self.w_emo(h)[b, i]
             + self.w_cause(h)[b, j]
-            + self.w_prod(hi * hj)
+            + self.w_prod(u[b, i] * u[b, j])
             + self.rel(rel)
             + self.spk(same)
         )
@@ -225,7 +246,8 @@ class MECPEModel(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.emotion_head = nn.Linear(h, cfg.n_emotions)
         self.cause_head = nn.Linear(h, 1)
-        self.pair_scorer = PairScorer(h, cfg.pair_hidden, cfg.max_rel, cfg.dropout)
+        pair_dropout = cfg.dropout if cfg.pair_dropout is None else cfg.pair_dropout
+        self.pair_scorer = PairScorer(h, cfg.pair_hidden, cfg.max_rel, pair_dropout, cfg.pair_rank)
 
     def forward(self, batch: Batch) -> ModelOutput:
         """Run the model on a (device-resident) :class:`~examples.mecpe.batching.Batch`."""
@@ -238,8 +260,14 @@ class MECPEModel(nn.Module):
         )
 
 
-def mecpe_loss(out: ModelOutput, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-    """Base loss: pair BCE (mean over valid candidates) + emotion CE + cause BCE, weights 1.
+def mecpe_loss(
+    out: ModelOutput, batch: Batch, *, pair_weight: float = 1.0, pos_weight: float = 1.0
+) -> tuple[Tensor, dict[str, float]]:
+    """Base loss: ``pair_weight`` * pair BCE (mean over valid candidates) + emotion CE + cause BCE.
+
+    ``pos_weight`` multiplies the BCE of gold pairs (``torch.nn.BCEWithLogitsLoss`` semantics):
+    about 2-3% of ECF candidates are gold, and a plain BCE leaves the scorer under-confident at
+    the fixed 0.5 decision threshold.
 
     Emotion labels ``-1`` (unknown / padding) are ignored; the cause BCE is averaged over real
     utterances. Terms without any target contribute zero.
@@ -250,8 +278,11 @@ def mecpe_loss(out: ModelOutput, batch: Batch) -> tuple[Tensor, dict[str, float]
     zero = out.pair_logits.new_zeros(())
     valid = batch.valid
     if bool(valid.any()):
+        logits = out.pair_logits[valid]
         pair = F.binary_cross_entropy_with_logits(
-            out.pair_logits[valid], batch.gold[valid].to(out.pair_logits.dtype)
+            logits,
+            batch.gold[valid].to(logits.dtype),
+            pos_weight=None if pos_weight == 1.0 else logits.new_tensor(pos_weight),
         )
     else:
         pair = zero
@@ -262,7 +293,7 @@ def mecpe_loss(out: ModelOutput, batch: Batch) -> tuple[Tensor, dict[str, float]
         emotion = zero
     mask = batch.mask
     cause = F.binary_cross_entropy_with_logits(out.cause_logits[mask], batch.causes[mask])
-    loss = pair + emotion + cause
+    loss = pair_weight * pair + emotion + cause
     parts = {
         "pair": float(pair.detach()),
         "emotion": float(emotion.detach()),

@@ -39,7 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from .train import DATASETS, DataBundle, TrainConfig, load_data, parse_rpcl_args, run
+from .train import (
+    DataBundle,
+    TrainConfig,
+    add_training_args,
+    config_diff,
+    load_data,
+    run,
+    training_kwargs,
+)
 
 __all__ = [
     "aggregate",
@@ -333,16 +341,8 @@ _MAY_DIFFER = (
 
 def _check_same_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     """Refuse to reuse a finished run trained with other settings than the ones asked for."""
-    wanted = cfg.to_dict()
-    diff = {
-        k: (saved.get(k), v)
-        for k, v in wanted.items()
-        if k not in _MAY_DIFFER and saved.get(k) != v
-    }
-    if diff:
-        details = ", ".join(
-            f"{k}: run has {a!r}, asked {b!r}" for k, (a, b) in sorted(diff.items())
-        )
+    details = config_diff(saved, cfg, _MAY_DIFFER)
+    if details:
         raise SystemExit(
             f"{path} holds a finished run with other settings ({details}); "
             "use another --out or delete that run"
@@ -356,45 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run base and RPCL arms over seeds (and folds), then write summary.json/.md and plots.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    d = TrainConfig()
-    ap.add_argument("--dataset", choices=DATASETS, default="ecf")
-    ap.add_argument("--data-dir", default=None, help="dataset folder (default: $MECPE_DATA_DIR)")
+    add_training_args(ap)
     ap.add_argument("--arms", default="base,rpcl", help="comma-separated arms")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default 42,123,456)")
-    ap.add_argument(
-        "--protocol",
-        choices=("split", "cv"),
-        default=None,
-        help="default: cv for mecad, split otherwise",
-    )
     ap.add_argument("--folds", default=None, help="cv folds to run (default: all)")
-    ap.add_argument("--n-folds", type=int, default=d.n_folds)
     ap.add_argument("--out", required=True, help="study directory")
-    ap.add_argument(
-        "--rpcl-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="RPCLoss keyword for the rpcl arm (repeatable)",
-    )
-    ap.add_argument("--epochs", type=int, default=d.epochs)
-    ap.add_argument("--modalities", default=d.modalities)
-    ap.add_argument("--audio-table", default=None)
-    ap.add_argument("--video-table", default=None)
-    ap.add_argument("--mapping", default=None)
-    ap.add_argument("--text-encoder", default=None, help="default: hash for mecad, else minilm")
-    ap.add_argument("--hash-buckets", type=int, default=d.hash_buckets)
-    ap.add_argument("--cache-dir", default=d.cache_dir)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    ap.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    ap.add_argument("--dropout", type=float, default=d.dropout)
-    ap.add_argument("--window", type=int, default=None)
-    ap.add_argument("--cause-not-after", action="store_true")
-    ap.add_argument("--threshold", type=float, default=d.threshold)
-    ap.add_argument("--device", default=d.device)
-    ap.add_argument("--quiet", action="store_true")
     ap.add_argument(
         "--keep-last-checkpoint",
         action="store_true",
@@ -407,7 +373,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="only rebuild summary.json/.md and plots from existing runs",
     )
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     return ap
 
 
@@ -422,47 +387,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {Path(args.out) / 'summary.json'} and summary.md")
         return 0
     seeds = seeds or [42, 123, 456]
-    protocol = args.protocol or ("cv" if args.dataset == "mecad" else "split")
+    common = training_kwargs(args)
+    rpcl_args = common.pop("rpcl_args")
+    protocol = common["protocol"]
     fold_list: list[int | None] = (
         list(folds if folds is not None else range(args.n_folds)) if protocol == "cv" else [None]
     )
-    rpcl_args = parse_rpcl_args(args.rpcl_arg)
     for fold in fold_list:
         data: DataBundle | None = None
         for seed in seeds:
             for arm in arms:
                 path = run_dir(args.out, arm, seed, fold)
+                kw = dict(common, rpcl_args=rpcl_args if arm == "rpcl" else {})
                 cfg = TrainConfig(
-                    dataset=args.dataset,
-                    data_dir=args.data_dir,
-                    protocol=protocol,
-                    fold=fold,
-                    n_folds=args.n_folds,
-                    modalities=args.modalities,
-                    audio_table=args.audio_table,
-                    video_table=args.video_table,
-                    mapping=args.mapping,
-                    text_encoder=args.text_encoder,
-                    hash_buckets=args.hash_buckets,
-                    cache_dir=args.cache_dir,
+                    **kw,
                     arm=arm,
-                    rpcl_args=rpcl_args if arm == "rpcl" else {},
                     seed=seed,
-                    epochs=args.epochs,
-                    batch_size=args.batch_size,
-                    lr=args.lr,
-                    weight_decay=args.weight_decay,
-                    grad_clip=args.grad_clip,
-                    dropout=args.dropout,
-                    window=args.window,
-                    cause_not_after=args.cause_not_after,
-                    threshold=args.threshold,
+                    fold=fold,
                     out=str(path),
-                    device=args.device,
                     resume=True,
-                    quiet=args.quiet,
                     keep_last=args.keep_last_checkpoint,
-                    threads=args.threads,
                 )
                 done = _read_run(path)
                 if done is not None:

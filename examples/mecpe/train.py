@@ -67,6 +67,10 @@ DATASETS = ("ecf", "mecad", "mec4")
 # ----------------------------------------------------------------------------------- config
 
 
+#: What a run saved before a field existed was trained with (fields added later with a new default).
+_LEGACY_RUN: dict[str, Any] = {"pos_weight": 1.0, "pair_rank": None, "pair_dropout": None}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines one run (stored in checkpoints and ``run.json``)."""
@@ -92,6 +96,10 @@ class TrainConfig:
     weight_decay: float = 1e-5
     grad_clip: float = 5.0
     dropout: float = 0.1  # chosen on ECF dev (runs/ablations: base vs base-drop0.1)
+    pair_weight: float = 1.0
+    pos_weight: float = 2.0  # chosen on ECF dev (ablations_calibrated.txt): calibrated at 0.5
+    pair_rank: int | None = ModelConfig.pair_rank
+    pair_dropout: float | None = ModelConfig.pair_dropout
     window: int | None = None
     cause_not_after: bool = False
     threshold: float = 0.5
@@ -115,6 +123,10 @@ class TrainConfig:
         if self.text_encoder is None:
             self.text_encoder = "hash" if self.dataset == "mecad" else "minilm"
         modality_flags(self.modalities)
+        if not self.pair_weight > 0:
+            raise ValueError(f"pair_weight must be > 0, got {self.pair_weight!r}")
+        if not self.pos_weight > 0:
+            raise ValueError(f"pos_weight must be > 0, got {self.pos_weight!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -124,7 +136,7 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Rebuild from :meth:`to_dict` output (unknown keys are ignored)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**_LEGACY_RUN, **{k: v for k, v in d.items() if k in names}})
 
 
 def parse_rpcl_args(items: Sequence[str]) -> dict[str, Any]:
@@ -394,12 +406,22 @@ RESUMABLE_CHANGES = (
 )
 
 
-def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    diff = sorted(
-        k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
+def config_diff(saved: dict[str, Any], cfg: TrainConfig, may_differ: Sequence[str]) -> str:
+    """``"key: saved → asked, ..."`` for the settings outside ``may_differ`` that differ ("" if none).
+
+    Keys missing from an older saved config take what that run was trained with.
+    """
+    had = TrainConfig.from_dict(saved).to_dict()
+    return ", ".join(
+        f"{k}: {had.get(k)!r} → {v!r}"
+        for k, v in sorted(cfg.to_dict().items())
+        if k not in may_differ and had.get(k) != v
     )
-    if diff:
-        details = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(cfg, k)!r}" for k in diff)
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    details = config_diff(saved, cfg, RESUMABLE_CHANGES)
+    if details:
         raise ValueError(
             f"cannot resume {path}: the run was started with other settings ({details})"
         )
@@ -422,17 +444,17 @@ def _train_step(
     batch: Batch,
     optimizer: torch.optim.Optimizer,
     rpcl: RPCLoss | None,
-    grad_clip: float,
+    cfg: TrainConfig,
 ) -> dict[str, float]:
     out = model(batch)
-    loss, parts = mecpe_loss(out, batch)
+    loss, parts = mecpe_loss(out, batch, pair_weight=cfg.pair_weight, pos_weight=cfg.pos_weight)
     if rpcl is not None:
         loss = loss + rpcl(out.pair_logits, batch.gold, batch.valid, rerun=lambda: model(batch))
         parts.update({f"rpcl_{k}": float(v) for k, v in rpcl.last.items()})
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     parts["loss"] = float(loss.detach())
     return parts
@@ -478,6 +500,8 @@ def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
         audio_dim=data.audio_dim,
         video_dim=data.video_dim,
         dropout=cfg.dropout,
+        pair_rank=cfg.pair_rank,
+        pair_dropout=cfg.pair_dropout,
     )
     model = MECPEModel(mcfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -526,7 +550,7 @@ def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
                 window=cfg.window,
                 cause_not_after_emotion=cfg.cause_not_after,
             ).to(device)
-            parts = _train_step(model, batch, optimizer, rpcl, cfg.grad_clip)
+            parts = _train_step(model, batch, optimizer, rpcl, cfg)
             sums.update(parts)
             if bar is not None:
                 bar.update(1)
@@ -656,13 +680,12 @@ def _optional_int(value: str) -> int | None:
     return None if value.lower() in ("none", "") else int(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line parser of ``python -m examples.mecpe.train``."""
-    ap = argparse.ArgumentParser(
-        prog="python -m examples.mecpe.train",
-        description="Train one MECPE run (base or RPCL arm) and evaluate it on dev and test.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _optional_float(value: str) -> float | None:
+    return None if value.lower() in ("none", "") else float(value)
+
+
+def add_training_args(ap: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``study``: data, features, optimisation, decoding."""
     d = TrainConfig()
     ap.add_argument("--dataset", choices=DATASETS, default=d.dataset)
     ap.add_argument("--data-dir", default=None, help="dataset folder (default: $MECPE_DATA_DIR)")
@@ -670,10 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol",
         choices=("split", "cv"),
         default=None,
-        help="split: the dataset's train/dev/test; cv: 5 folds by TV series over all dialogues "
+        help="split: the dataset's train/dev/test; cv: folds by TV series over all dialogues "
         "(default: cv for mecad, split otherwise)",
     )
-    ap.add_argument("--fold", type=int, default=None, help="test fold of --protocol cv")
+    ap.add_argument("--n-folds", type=int, default=d.n_folds, help="folds of --protocol cv")
     ap.add_argument("--modalities", default=d.modalities, help="T | TA | TV | TAV")
     ap.add_argument(
         "--audio-table",
@@ -691,21 +714,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--hash-buckets", type=int, default=d.hash_buckets, help="buckets of the hash encoder"
     )
     ap.add_argument("--cache-dir", default=d.cache_dir, help="text embedding cache")
-    ap.add_argument("--arm", choices=("base", "rpcl"), default=d.arm)
     ap.add_argument(
         "--rpcl-arg",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="RPCLoss keyword (repeatable), e.g. margin_weight=0.3 where=output",
+        help="RPCLoss keyword of the rpcl arm (repeatable), e.g. margin_weight=0.3 where=output",
     )
-    ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--epochs", type=int, default=d.epochs)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--weight-decay", type=float, default=d.weight_decay)
     ap.add_argument("--grad-clip", type=float, default=d.grad_clip)
     ap.add_argument("--dropout", type=float, default=d.dropout)
+    ap.add_argument(
+        "--pair-weight", type=float, default=d.pair_weight, help="weight of the pair BCE term"
+    )
+    ap.add_argument(
+        "--pos-weight", type=float, default=d.pos_weight, help="BCE weight of gold pairs"
+    )
+    ap.add_argument(
+        "--pair-rank",
+        type=_optional_int,
+        default=d.pair_rank,
+        help="rank of the pair scorer's product term (none: full)",
+    )
+    ap.add_argument(
+        "--pair-dropout",
+        type=_optional_float,
+        default=d.pair_dropout,
+        help="dropout in the pair MLP (none: --dropout)",
+    )
     ap.add_argument(
         "--window", type=_optional_int, default=None, help="max |emotion - cause| of candidates"
     )
@@ -715,12 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--threshold", type=float, default=d.threshold, help="decision threshold (probability)"
     )
-    ap.add_argument("--out", default=d.out, help="run directory")
     ap.add_argument("--device", default=d.device, help="auto | cpu | cuda")
-    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    ap.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    ap.add_argument("--drop-last-checkpoint", action="store_true", help="delete last.pt when done")
     ap.add_argument(
         "--threads",
         type=int,
@@ -728,43 +763,73 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default: torch's choice); use 1 when the cores are shared. "
         "Bit-identical resume needs the same thread count.",
     )
+
+
+def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` keywords of the options added by :func:`add_training_args`."""
+    return {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "protocol": args.protocol or ("cv" if args.dataset == "mecad" else "split"),
+        "n_folds": args.n_folds,
+        "modalities": args.modalities,
+        "audio_table": args.audio_table,
+        "video_table": args.video_table,
+        "mapping": args.mapping,
+        "text_encoder": args.text_encoder,
+        "hash_buckets": args.hash_buckets,
+        "cache_dir": args.cache_dir,
+        "rpcl_args": parse_rpcl_args(args.rpcl_arg),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "grad_clip": args.grad_clip,
+        "dropout": args.dropout,
+        "pair_weight": args.pair_weight,
+        "pos_weight": args.pos_weight,
+        "pair_rank": args.pair_rank,
+        "pair_dropout": args.pair_dropout,
+        "window": args.window,
+        "cause_not_after": args.cause_not_after,
+        "threshold": args.threshold,
+        "device": args.device,
+        "quiet": args.quiet,
+        "threads": args.threads,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line parser of ``python -m examples.mecpe.train``."""
+    ap = argparse.ArgumentParser(
+        prog="python -m examples.mecpe.train",
+        description="Train one MECPE run (base or RPCL arm) and evaluate it on dev and test.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = TrainConfig()
+    add_training_args(ap)
+    ap.add_argument("--arm", choices=("base", "rpcl"), default=d.arm)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--fold", type=int, default=None, help="test fold of --protocol cv")
+    ap.add_argument("--out", default=d.out, help="run directory")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    ap.add_argument("--drop-last-checkpoint", action="store_true", help="delete last.pt when done")
     return ap
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Turn parsed CLI arguments into a :class:`TrainConfig`."""
-    protocol = args.protocol or ("cv" if args.dataset == "mecad" else "split")
+    kw = training_kwargs(args)
     return TrainConfig(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        protocol=protocol,
-        fold=args.fold if protocol == "cv" else None,
-        modalities=args.modalities,
-        audio_table=args.audio_table,
-        video_table=args.video_table,
-        mapping=args.mapping,
-        text_encoder=args.text_encoder,
-        hash_buckets=args.hash_buckets,
-        cache_dir=args.cache_dir,
+        **kw,
         arm=args.arm,
-        rpcl_args=parse_rpcl_args(args.rpcl_arg),
         seed=args.seed,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        dropout=args.dropout,
-        window=args.window,
-        cause_not_after=args.cause_not_after,
-        threshold=args.threshold,
+        fold=args.fold if kw["protocol"] == "cv" else None,
         out=args.out,
-        device=args.device,
         resume=args.resume,
-        quiet=args.quiet,
         eval_batch_size=args.eval_batch_size,
         keep_last=not args.drop_last_checkpoint,
-        threads=args.threads,
     )
 
 

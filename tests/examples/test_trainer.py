@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from examples.mecpe import evaluate as mecpe_evaluate
 from examples.mecpe import study as mecpe_study
@@ -188,6 +189,60 @@ def test_model_shapes_and_loss(tiny: Path) -> None:
     model(batch)
     handle.remove()
     assert seen == [(b, n, 200, b, n, 400)]
+
+
+def test_pair_weight_and_pos_weight_follow_their_definition(tiny: Path) -> None:
+    convs = load_ecf(tiny / "train.txt")[:5]
+    batch = collate(build_examples(convs, hash_buckets=512))
+    torch.manual_seed(0)
+    model = MECPEModel(ModelConfig(text_dim=None, hash_buckets=512)).eval()
+    out = model(batch)
+    _, parts = mecpe_loss(out, batch)
+    loss, weighted = mecpe_loss(out, batch, pair_weight=3.0, pos_weight=2.0)
+    # explicit reference: per-candidate BCE, gold terms doubled, mean over valid candidates
+    s = out.pair_logits.detach()[batch.valid].double()
+    y = batch.gold[batch.valid].double()
+    ref = -(2.0 * y * F.logsigmoid(s) + (1 - y) * F.logsigmoid(-s)).mean()
+    assert weighted["pair"] == pytest.approx(float(ref), rel=1e-5)
+    assert weighted["pair"] > parts["pair"]
+    expected = 3.0 * weighted["pair"] + weighted["emotion"] + weighted["cause"]
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="pos_weight must be > 0"):
+        mecpe_train.TrainConfig(pos_weight=0.0)
+    with pytest.raises(ValueError, match="pair_weight must be > 0"):
+        mecpe_train.TrainConfig(pair_weight=-1.0)
+
+
+@pytest.mark.parametrize("rank", [None, 16])
+def test_pair_scorer_rank_and_legacy_checkpoints(tiny: Path, rank: int | None) -> None:
+    convs = load_ecf(tiny / "train.txt")[:4]
+    batch = collate(build_examples(convs, hash_buckets=512))
+    cfg = ModelConfig(text_dim=None, hash_buckets=512, pair_rank=rank, pair_dropout=0.0)
+    model = MECPEModel(cfg)
+    u = model.pair_scorer.u_prod
+    assert (u is None) if rank is None else (u is not None and u.out_features == rank)
+    assert model.pair_scorer.w_prod.in_features == (rank or model.context.output_dim)
+    # pair dropout 0 is the identity (no Bernoulli draw), so train and eval agree on the pairs
+    model.utterance.dropout.p = 0.0
+    model.dropout.p = 0.0
+    a = model.train()(batch).pair_logits
+    b = model.eval()(batch).pair_logits
+    torch.testing.assert_close(a, b)
+    # a checkpoint written before pair_rank / pair_dropout existed was a full-rank scorer
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("pair_rank", "pair_dropout")}
+    legacy = ModelConfig.from_dict(old)
+    assert legacy.pair_rank is None and legacy.pair_dropout is None
+    assert mecpe_train.TrainConfig.from_dict({"epochs": 3}).pair_rank is None
+
+
+def test_config_diff_reads_old_run_configs() -> None:
+    cfg = mecpe_train.TrainConfig(pos_weight=1.0, pair_rank=None, pair_dropout=None)
+    old_keys = ("pair_rank", "pair_dropout", "pos_weight", "pair_weight")
+    saved = {k: v for k, v in cfg.to_dict().items() if k not in old_keys}
+    assert mecpe_train.config_diff(saved, cfg, ()) == ""
+    diff = mecpe_train.config_diff(saved, mecpe_train.TrainConfig(), ())
+    assert "pair_rank: None → 64" in diff and "pos_weight: 1.0 → 2.0" in diff
+    assert "pair_weight" not in diff
 
 
 # ------------------------------------------------------------------------------ end to end
