@@ -4,8 +4,11 @@ Arms (same model initialisation, same batches, Adam):
 
 * ``base``: forward, the reference trainer's base loss (``examples.mecpe.model.mecpe_loss``:
   pair BCE + emotion CE + cause BCE), backward, ``optimizer.step()``.
-* ``rpcl``: base + ``RPCLoss(model.context, margin_weight=0.3, consistency_weight=1.0)`` with
-  ``rerun=lambda: model(batch)``: a second forward (and backward) with the context corrupted.
+* ``rpcl``: base + ``RPCLoss(model.context, ...)`` with its defaults (margin weight 0.1,
+  consistency weight 1.0 on the context encoder's output) and ``rerun=lambda: model(batch)``:
+  a second forward (and backward) with the context corrupted, which replays the clean output of
+  ``model.context`` (``reuse_output=True``, the default) instead of re-running the BiLSTM.
+* ``rpcl_rerun``: the same with ``reuse_output=False``: the second pass re-runs the whole model.
 * ``rpcl_margin_only``: base + the margin term only (``consistency_weight=0``, no second pass).
 
 Batches: 16 synthetic conversations with ECF-like lengths (1..33 utterances, mean ≈ 9), frozen
@@ -13,9 +16,10 @@ Batches: 16 synthetic conversations with ECF-like lengths (1..33 utterances, mea
 Profiles: ``ecf_mix`` cycles through 8 such batches (an epoch-like mix of padded sizes) and
 ``ecf_max`` repeats one batch padded to the ECF maximum N = 33.
 
-The model is ``examples.mecpe.model.MECPEModel`` when importable, else a self-contained stand-in
-with the same structure (Linear 384→200 + ReLU → BiLSTM(200) → factorised pair MLP); the results
-file says which (``settings.model``). Steps are timed with ``Timer.blocked_autorange`` in
+The model is ``examples.mecpe.model.MECPEModel`` with the reference trainer's ``ModelConfig``
+defaults when importable, else a self-contained stand-in with a similar structure (Linear
+384→200 + ReLU → BiLSTM(200) → factorised pair MLP); the results file says which
+(``settings.model``). Steps are timed with ``Timer.blocked_autorange`` in
 interleaved rounds (median of round medians). Peak memory of one step is measured as in
 ``bench_losses`` and reported relative to the base arm.
 
@@ -54,7 +58,7 @@ from ._common import (
     write_json,
 )
 
-ARMS = ("base", "rpcl", "rpcl_margin_only")
+ARMS = ("base", "rpcl", "rpcl_rerun", "rpcl_margin_only")
 TEXT_DIM = 384
 BATCH = 16
 MAX_N = 33
@@ -252,8 +256,8 @@ def make_step(
     if arm != "base":
         rpcl = RPCLoss(
             model.context,  # type: ignore[arg-type]
-            margin_weight=0.3,
-            consistency_weight=1.0 if arm == "rpcl" else 0.0,
+            consistency_weight=0.0 if arm == "rpcl_margin_only" else 1.0,
+            reuse_output=arm != "rpcl_rerun",
             scores_fn=lambda out: out.pair_logits,
         )
     stream = itertools.cycle(batches)
@@ -436,7 +440,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "arms": args.arms,
         "min_run_time_s": cfg.min_run_time,
         "rounds": cfg.rounds,
-        "rpcl": "RPCLoss(model.context, margin_weight=0.3, consistency_weight=1.0), where='input', p=0.3, mode='zero'",
+        "rpcl": "RPCLoss(model.context) defaults: margin_weight=0.1, consistency_weight=1.0, "
+        "where='output', p=0.3, mode='zero', reuse_output=True (rpcl_rerun: False)",
     }
     payload = header("step", device, cfg.threads, settings)
     t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -90,6 +91,64 @@ def corrupt_submodule(module: nn.Module, fn: Callable[[Tensor], Tensor], where: 
         handle.remove()
 
 
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
+class _OutputStash:
+    """Forward hook that remembers the output of a module from the user's clean forward.
+
+    It records only calls made with autograd enabled, outside ``torch.compile`` tracing and
+    while not paused (the corrupted second pass pauses it); ``calls`` counts them so that
+    :class:`RPCLoss` replays the output only when the clean forward ran the module exactly once.
+    """
+
+    __slots__ = ("__weakref__", "calls", "paused", "value")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.calls = 0
+        self.paused = False
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self.paused or not torch.is_grad_enabled() or _compiling():
+            return
+        self.value = output
+        self.calls += 1
+
+    def clear(self) -> None:
+        self.value = None
+        self.calls = 0
+
+
+@contextmanager
+def _paused(stash: _OutputStash | None) -> Iterator[None]:
+    if stash is None:
+        yield
+        return
+    stash.paused = True
+    try:
+        yield
+    finally:
+        stash.paused = False
+
+
+@contextmanager
+def _forward_replaced(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """Within the block, calling ``module`` runs ``forward`` (hooks still run) instead of its own."""
+    missing = object()
+    own = module.__dict__.get("forward", missing)
+    module.forward = forward  # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        if own is missing:
+            del module.forward
+        else:
+            module.forward = own
+
+
 class RPCLoss(nn.Module):
     r"""Robust Pair Confidence Learning: margin + consistency terms added to a trainer's loss.
 
@@ -112,6 +171,17 @@ class RPCLoss(nn.Module):
     is replaced by :func:`~torch_pairconf.context_corruption` of it, protecting every utterance of
     a gold pair and the padding. Dropout in the model makes the second pass differ as well.
 
+    **Output replay** (``where="output"``, ``reuse_output=True``, the default): ``corrupt`` gets
+    one forward hook that remembers its output from the clean forward (calls with autograd
+    enabled). The second pass then does not run ``corrupt`` again: it corrupts that remembered
+    output, graph included, so ``corrupt`` and everything upstream of it run forward and backward
+    once per step (the consistency gradient joins the clean one at ``corrupt``'s output). The
+    upstream modules still execute in ``rerun()`` but their results are not used. Replay needs
+    the clean forward to have called ``corrupt`` exactly once since the previous RPCLoss call
+    and the clean graph to be alive (one ``backward`` over base loss + RPCL); otherwise, and
+    under ``torch.compile`` tracing, ``corrupt`` is simply re-run. ``last_replayed`` tells
+    which happened; :meth:`remove_hooks` (or dropping the loss) removes the hook.
+
     Args:
         corrupt: submodule whose input/output is corrupted in the second pass (``None`` if the
             corrupted scores are passed directly or ``consistency_weight == 0``).
@@ -125,6 +195,9 @@ class RPCLoss(nn.Module):
         p, mode: see :func:`~torch_pairconf.context_corruption`.
         divergence, detach_clean: see :func:`~torch_pairconf.consistency_loss`.
         warmup_steps: linear warm-up of both weights over this many training calls (0: none).
+        reuse_output: with ``where="output"``, replay the clean output of ``corrupt`` in the
+            second pass instead of recomputing it (see above). Upstream dropout is then shared
+            by both views; ``False`` re-runs ``corrupt`` with fresh dropout.
         scores_fn: maps the output of ``rerun()`` to ``(B, N, M)`` pair logits
             (default: :func:`default_scores_fn`).
         scores_are: ``"logits"`` (default) or ``"probs"``; probabilities (e.g. sigmoid outputs
@@ -140,6 +213,7 @@ class RPCLoss(nn.Module):
     """
 
     last: dict[str, Tensor]
+    last_replayed: bool
     step: Tensor
 
     def __init__(
@@ -147,7 +221,7 @@ class RPCLoss(nn.Module):
         corrupt: nn.Module | None = None,
         *,
         where: str = "output",
-        margin_weight: float = 0.3,
+        margin_weight: float = 0.1,
         consistency_weight: float = 1.0,
         ranking: str = "hinge",
         margin: float = 0.2,
@@ -160,6 +234,7 @@ class RPCLoss(nn.Module):
         divergence: str = "kl",
         detach_clean: bool = True,
         warmup_steps: int = 0,
+        reuse_output: bool = True,
         scores_fn: Callable[[Any], Tensor] | None = None,
         scores_are: str = "logits",
         eps: float = 1e-6,
@@ -193,6 +268,23 @@ class RPCLoss(nn.Module):
         self.consistency = ConsistencyLoss(divergence, detach_clean)
         self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=True)
         self.last = {}
+        self.last_replayed = False
+        self.reuse_output = reuse_output
+        self._stash: _OutputStash | None = None
+        self._stash_handle: Any = None
+        if corrupt is not None and where == "output" and reuse_output and consistency_weight > 0:
+            self._stash = _OutputStash()
+            self._stash_handle = corrupt.register_forward_hook(self._stash)
+            # The model keeps the hook (and its last output) alive, not this loss: remove the hook
+            # when the loss goes away.
+            weakref.finalize(self, self._stash_handle.remove)
+
+    def remove_hooks(self) -> None:
+        """Remove the output-replay hook from ``corrupt`` (later calls re-run ``corrupt``)."""
+        if self._stash_handle is not None:
+            self._stash_handle.remove()
+        self._stash_handle = None
+        self._stash = None
 
     def _logits(self, scores: Tensor) -> Tensor:
         return torch.logit(scores, eps=self.eps) if self.scores_are == "probs" else scores
@@ -220,8 +312,11 @@ class RPCLoss(nn.Module):
         protect = gold_utterances(gold & valid)
         real = utterance_mask(valid) if utterances is None else check_bool("utterances", utterances)
         module = self._corrupt[0]
+        calls = 0
 
         def corrupt(x: Tensor) -> Tensor:
+            nonlocal calls
+            calls += 1
             if x.dim() != 3 or x.shape[:2] != protect.shape:
                 raise ValueError(
                     f"the {self.where} of {type(module).__name__} must be (B, N, D) with (B, N) = "
@@ -230,8 +325,24 @@ class RPCLoss(nn.Module):
             corrupted: Tensor = self.corruption(x, protect, real)[0]
             return corrupted
 
-        with corrupt_submodule(module, corrupt, self.where):
-            out = rerun()
+        stash = self._stash
+        replay = stash is not None and stash.calls == 1 and not _compiling()
+        with _paused(stash):
+            if replay:
+                assert stash is not None
+                clean = stash.value
+                stash.clear()
+                with _forward_replaced(module, lambda *_a, **_k: _swap_first(clean, corrupt, module, "output")):
+                    out = rerun()
+            else:
+                with corrupt_submodule(module, corrupt, self.where):
+                    out = rerun()
+        self.last_replayed = replay
+        if calls == 0:
+            raise ValueError(
+                f"rerun() never called the corrupted submodule {type(module).__name__}: pass the "
+                "module that the model's forward runs (e.g. RPCLoss(model.context_encoder))"
+            )
         return self._logits(self.scores_fn(out))
 
     def forward(
@@ -256,6 +367,7 @@ class RPCLoss(nn.Module):
                 ``valid``).
         """
         check_float("scores", scores)
+        self.last_replayed = False
         scores = self._logits(scores)
         check_pair_inputs(scores, gold, valid)
         total = scores.new_zeros(())
@@ -277,6 +389,8 @@ class RPCLoss(nn.Module):
             c = self.consistency(scores, corrupted_scores, valid)
             total = total + self.consistency_weight * c
             terms["consistency"] = c.detach()
+        if self._stash is not None:
+            self._stash.clear()  # never carry a clean output (and its graph) into the next step
         weight = self._warmup(total)
         terms["weight"] = weight.detach()
         if self.training:
@@ -289,6 +403,7 @@ class RPCLoss(nn.Module):
     def extra_repr(self) -> str:
         target = type(self._corrupt[0]).__name__ if self._corrupt else None
         return (
-            f"corrupt={target}, where={self.where!r}, margin_weight={self.margin_weight}, "
+            f"corrupt={target}, where={self.where!r}, reuse_output={self._stash is not None}, "
+            f"margin_weight={self.margin_weight}, "
             f"consistency_weight={self.consistency_weight}, warmup_steps={self.warmup_steps}"
         )

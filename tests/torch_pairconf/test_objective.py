@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import re
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,13 @@ def test_readme_two_line_integration_runs_as_written() -> None:
     exec(compile(snippet, str(README), "exec"), namespace)
     assert torch.isfinite(namespace["loss"])
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not model.encoder._forward_pre_hooks and not model.encoder._forward_hooks
+    # the only hook left is the output-replay hook, and it goes with the loss
+    assert not model.encoder._forward_pre_hooks
+    assert [type(h).__name__ for h in model.encoder._forward_hooks.values()] == ["_OutputStash"]
+    assert namespace["rpcl"].last_replayed
+    del namespace["rpcl"]
+    gc.collect()
+    assert not model.encoder._forward_hooks
     # without the two lines the snippet is a plain trainer and still runs
     plain = "\n".join(line for line in snippet.splitlines() if "# + RPCL" not in line)
     namespace["model"] = PairModel()
@@ -99,7 +106,8 @@ def test_margin_only_needs_no_second_pass() -> None:
 
 @pytest.mark.parametrize("where", ["input", "output"])
 @pytest.mark.parametrize("lstm", [False, True])
-def test_rerun_corrupts_only_non_gold_context(where: str, lstm: bool) -> None:
+@pytest.mark.parametrize("reuse", [True, False])
+def test_rerun_corrupts_only_non_gold_context(where: str, lstm: bool, reuse: bool) -> None:
     torch.manual_seed(0)
     batch = _batch(b=4, n=6)
     model = PairModel(lstm=lstm).eval()
@@ -109,11 +117,13 @@ def test_rerun_corrupts_only_non_gold_context(where: str, lstm: bool) -> None:
         seen.append(args[0])  # forward hooks receive the inputs as modified by pre-hooks
 
     handle = model.encoder.register_forward_hook(spy)
-    clean = model(batch["x"])
     rpcl = RPCLoss(model.encoder, where=where, margin_weight=0.0, consistency_weight=1.0, p=1.0,
-                   generator=torch.Generator().manual_seed(0))
+                   reuse_output=reuse, generator=torch.Generator().manual_seed(0))
+    clean = model(batch["x"])
     loss = rpcl(clean, batch["gold"], batch["valid"], rerun=lambda: model(batch["x"]))
     handle.remove()
+    rpcl.remove_hooks()
+    assert rpcl.last_replayed == (where == "output" and reuse)
     assert loss > 0 and loss.requires_grad
     a, b = (seen[0], seen[1]) if where == "input" else (model.seen_h[0], model.seen_h[1])
     real = batch["valid"].any(-1)
@@ -180,7 +190,11 @@ def test_errors() -> None:
         RPCLoss(scores_are="odds")
     with pytest.raises(TypeError, match="cannot take pair scores"):
         RPCLoss(model.encoder, consistency_weight=1.0)(
-            scores, batch["gold"], batch["valid"], rerun=lambda: {"scores": scores}
+            scores, batch["gold"], batch["valid"], rerun=lambda: {"scores": model(batch["x"])}
+        )
+    with pytest.raises(ValueError, match="never called the corrupted submodule Linear"):
+        RPCLoss(model.encoder, consistency_weight=1.0)(
+            scores, batch["gold"], batch["valid"], rerun=lambda: scores
         )
 
 
@@ -189,3 +203,95 @@ def test_loss_module_does_not_own_the_model() -> None:
     rpcl = RPCLoss(model.encoder)
     assert not any(n.startswith("_corrupt") for n, _ in rpcl.named_parameters())
     assert set(rpcl.state_dict()) == {"step"}
+
+
+class CountingLSTM(nn.Module):
+    """A BiLSTM context encoder that counts how often its own forward really runs."""
+
+    def __init__(self, h: int = 8) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(h, h // 2, batch_first=True, bidirectional=True)
+        self.runs = 0
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        self.runs += 1
+        out: tuple[torch.Tensor, Any] = self.lstm(x)
+        return out
+
+
+def _step(reuse: bool, seed: int = 0, twice: bool = False) -> tuple[RPCLoss, PairModel, torch.Tensor, list[torch.Tensor]]:
+    torch.manual_seed(seed)
+    model = PairModel()
+    model.encoder = CountingLSTM()
+    batch = _batch(b=4, n=6, seed=seed)
+    rpcl = RPCLoss(model.encoder, margin_weight=0.0, consistency_weight=1.0, p=0.5, reuse_output=reuse,
+                   generator=torch.Generator().manual_seed(1))
+
+    def forward() -> torch.Tensor:
+        out = model(batch["x"])
+        return out + 0.0 * model(batch["x"]) if twice else out
+
+    loss = rpcl(forward(), batch["gold"], batch["valid"], rerun=forward)
+    loss.backward()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    return rpcl, model, loss.detach(), grads
+
+
+def test_output_replay_equals_recomputing_and_runs_the_context_once() -> None:
+    # No dropout in PairModel: recomputing the context gives the very same clean output, so the
+    # replayed second pass must give the same loss and the same gradients.
+    r_replay, m_replay, l_replay, g_replay = _step(reuse=True)
+    r_rerun, m_rerun, l_rerun, g_rerun = _step(reuse=False)
+    assert r_replay.last_replayed and not r_rerun.last_replayed
+    assert isinstance(m_replay.encoder, CountingLSTM) and isinstance(m_rerun.encoder, CountingLSTM)
+    assert (m_replay.encoder.runs, m_rerun.encoder.runs) == (1, 2)
+    assert l_replay > 0
+    torch.testing.assert_close(l_replay, l_rerun)
+    for a, b in zip(g_replay, g_rerun, strict=True):
+        torch.testing.assert_close(a, b)
+    assert "forward" not in vars(m_replay.encoder)  # the class's forward is back
+
+
+def test_output_replay_falls_back_when_the_context_ran_twice() -> None:
+    r_twice, m_twice, l_twice, g_twice = _step(reuse=True, twice=True)
+    _, _, l_ref, g_ref = _step(reuse=False, twice=True)
+    assert not r_twice.last_replayed
+    assert isinstance(m_twice.encoder, CountingLSTM) and m_twice.encoder.runs == 4  # 2 clean + 2 rerun
+    torch.testing.assert_close(l_twice, l_ref)
+    for a, b in zip(g_twice, g_ref, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_output_replay_needs_a_clean_forward_with_grad_since_the_last_call() -> None:
+    torch.manual_seed(0)
+    model = PairModel(lstm=True)
+    batch = _batch()
+    rpcl = RPCLoss(model.encoder, consistency_weight=1.0)
+    with torch.no_grad():
+        clean = model(batch["x"])
+    rpcl(clean, batch["gold"], batch["valid"], rerun=lambda: model(batch["x"]))
+    assert not rpcl.last_replayed
+    # a call without a second pass forgets the clean output: the next step replays its own
+    clean = model(batch["x"])
+    rpcl(clean, batch["gold"], batch["valid"], corrupted_scores=clean.detach())
+    clean = model(batch["x"])
+    rpcl(clean, batch["gold"], batch["valid"], rerun=lambda: model(batch["x"]))
+    assert rpcl.last_replayed
+
+
+def test_output_replay_restores_the_module_when_rerun_raises() -> None:
+    model = PairModel(lstm=True)
+    batch = _batch()
+    rpcl = RPCLoss(model.encoder, consistency_weight=1.0)
+    clean = model(batch["x"])
+
+    def rerun() -> torch.Tensor:
+        model(batch["x"])
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        rpcl(clean, batch["gold"], batch["valid"], rerun=rerun)
+    assert "forward" not in vars(model.encoder)
+    model(batch["x"])  # runs the LSTM again
+    rpcl.remove_hooks()
+    assert not model.encoder._forward_hooks and not model.encoder._forward_pre_hooks
