@@ -147,6 +147,17 @@ def reduce(loss: Tensor, weight: Tensor, reduction: str, out_dtype: torch.dtype)
     return (total / count).to(out_dtype)
 
 
+def compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the caller (``torch.compiler.is_compiling`` arrived
+    in torch 2.3; older versions have it as ``torch._dynamo.is_compiling``)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    if is_compiling is None:  # pragma: no cover - torch < 2.3
+        from torch import _dynamo
+
+        is_compiling = _dynamo.is_compiling
+    return bool(is_compiling())
+
+
 def use_fused(t: Tensor, min_numel: int) -> bool:
     """Whether a loss should take its hand-fused CPU implementation for input ``t``.
 
@@ -158,7 +169,7 @@ def use_fused(t: Tensor, min_numel: int) -> bool:
     return (
         t.device.type == "cpu"
         and t.numel() >= max(min_numel, 1)
-        and not torch.compiler.is_compiling()
+        and not compiling()
     )
 
 

@@ -17,6 +17,7 @@ from ._checks import (
     check_mask,
     check_nonneg,
     check_pair_inputs,
+    compiling,
 )
 from .consistency import ConsistencyLoss
 from .corruption import ContextCorruption, gold_utterances
@@ -91,11 +92,6 @@ def corrupt_submodule(module: nn.Module, fn: Callable[[Tensor], Tensor], where: 
         handle.remove()
 
 
-def _compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    return bool(is_compiling()) if is_compiling is not None else False
-
-
 class _OutputStash:
     """Forward hook that remembers the output of a module from the user's clean forward.
 
@@ -112,7 +108,7 @@ class _OutputStash:
         self.paused = False
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if self.paused or not torch.is_grad_enabled() or _compiling():
+        if self.paused or not torch.is_grad_enabled() or compiling():
             return
         self.value = output
         self.calls += 1
@@ -326,7 +322,7 @@ class RPCLoss(nn.Module):
             return corrupted
 
         stash = self._stash
-        replay = stash is not None and stash.calls == 1 and not _compiling()
+        replay = stash is not None and stash.calls == 1 and not compiling()
         with _paused(stash):
             if replay:
                 assert stash is not None

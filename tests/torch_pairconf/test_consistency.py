@@ -23,12 +23,17 @@ def _kl(p: float, q: float) -> float:
     return _xlogy(p, p) - _xlogy(p, q) + _xlogy(1 - p, 1 - p) - _xlogy(1 - p, 1 - q)
 
 
+def _logsig(x: float) -> float:
+    """log(sigmoid(x)) without underflow: sigmoid(-8000) is 0.0 in floating point, its log is not."""
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
 def divergence_reference(a: float, b: float, kind: str) -> float:
     p, q = _sig(a), _sig(b)
     if kind == "mse":
         return (p - q) ** 2
-    if kind == "kl":
-        return _kl(p, q)
+    if kind == "kl":  # from log-probabilities: q may underflow to 0 where log q is finite
+        return p * (_logsig(a) - _logsig(b)) + (1 - p) * (_logsig(-a) - _logsig(-b))
     m = (p + q) / 2
     return 0.5 * _kl(p, m) + 0.5 * _kl(q, m)
 
