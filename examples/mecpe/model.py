@@ -266,8 +266,8 @@ def mecpe_loss(
     """Base loss: ``pair_weight`` * pair BCE (mean over valid candidates) + emotion CE + cause BCE.
 
     ``pos_weight`` multiplies the BCE of gold pairs (``torch.nn.BCEWithLogitsLoss`` semantics):
-    about 2-3% of ECF candidates are gold, and a plain BCE leaves the scorer under-confident at
-    the fixed 0.5 decision threshold.
+    about 6 % of ECF candidates are gold (dev: 866 of 13,495), and a plain BCE leaves the scorer
+    under-confident at the fixed 0.5 decision threshold (the trainer uses ``pos_weight=2``).
 
     Emotion labels ``-1`` (unknown / padding) are ignored; the cause BCE is averaged over real
     utterances. Terms without any target contribute zero.
