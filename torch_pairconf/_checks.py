@@ -192,5 +192,5 @@ def reduce_total(total: Tensor, count: Tensor, mean: bool, dtype: torch.dtype) -
     """A fused loss' accumulated ``total`` (float32 or float64), divided by ``count`` if
     ``mean`` (at least 1, so no contributing element gives an exact zero), in ``dtype``."""
     if mean:
-        total = total / count.clamp_min(1)
+        total = total.div_(count.clamp_min(1))  # total is the fused loss' own fresh sum
     return total if total.dtype == dtype else total.to(dtype)

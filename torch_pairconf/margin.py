@@ -155,7 +155,8 @@ def _hinge_k1(
         neg, index = key.amax(-1, keepdim=True), None
     has = neg != ninf  # NaN (a NaN valid negative) counts as a negative, as in the composite path
     c_neg = _conf_of(neg, None, prob, temperature)
-    t = c_neg + margin
+    # In place unless backward needs c_neg (the negatives' gradient in probability space).
+    t = c_neg + margin if (grad and index is not None and prob) else c_neg.add_(margin)
     contributes = _contributing(gold, valid, has)
     c = _conf_of(scores, key, prob, temperature)  # the key's buffer is reused
     hinge = torch.sub(t, c, out=None if grad else key).clamp_min_(0)
