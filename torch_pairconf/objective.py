@@ -322,18 +322,17 @@ class RPCLoss(nn.Module):
             return corrupted
 
         stash = self._stash
-        replay = stash is not None and stash.calls == 1 and not compiling()
+        clean = stash.value if stash is not None and stash.calls == 1 and not compiling() else None
+        if stash is not None:
+            stash.clear()
         with _paused(stash):
-            if replay:
-                assert stash is not None
-                clean = stash.value
-                stash.clear()
+            if clean is not None:
                 with _forward_replaced(module, lambda *_a, **_k: _swap_first(clean, corrupt, module, "output")):
                     out = rerun()
             else:
                 with corrupt_submodule(module, corrupt, self.where):
                     out = rerun()
-        self.last_replayed = replay
+        self.last_replayed = clean is not None
         if calls == 0:
             raise ValueError(
                 f"rerun() never called the corrupted submodule {type(module).__name__}: pass the "
@@ -362,8 +361,23 @@ class RPCLoss(nn.Module):
             utterances: optional ``(B, N)`` bool real-utterance mask (default: derived from
                 ``valid``).
         """
-        check_float("scores", scores)
         self.last_replayed = False
+        try:
+            return self._forward(scores, gold, valid, rerun, corrupted_scores, utterances)
+        finally:
+            if self._stash is not None:
+                self._stash.clear()  # never carry a clean output (and its graph) into the next step
+
+    def _forward(
+        self,
+        scores: Tensor,
+        gold: Tensor,
+        valid: Tensor,
+        rerun: Callable[[], Any] | None,
+        corrupted_scores: Tensor | None,
+        utterances: Tensor | None,
+    ) -> Tensor:
+        check_float("scores", scores)
         scores = self._logits(scores)
         check_pair_inputs(scores, gold, valid)
         total = scores.new_zeros(())
@@ -385,8 +399,6 @@ class RPCLoss(nn.Module):
             c = self.consistency(scores, corrupted_scores, valid)
             total = total + self.consistency_weight * c
             terms["consistency"] = c.detach()
-        if self._stash is not None:
-            self._stash.clear()  # never carry a clean output (and its graph) into the next step
         weight = self._warmup(total)
         terms["weight"] = weight.detach()
         if self.training:
