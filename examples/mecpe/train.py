@@ -127,6 +127,10 @@ class TrainConfig:
             raise ValueError(f"pair_weight must be > 0, got {self.pair_weight!r}")
         if not self.pos_weight > 0:
             raise ValueError(f"pos_weight must be > 0, got {self.pos_weight!r}")
+        if self.pair_rank is not None and self.pair_rank < 1:
+            raise ValueError(f"pair_rank must be >= 1 or None, got {self.pair_rank!r}")
+        if self.pair_dropout is not None and not 0 <= self.pair_dropout < 1:
+            raise ValueError(f"pair_dropout must be in [0, 1) or None, got {self.pair_dropout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""

@@ -211,6 +211,10 @@ def test_pair_weight_and_pos_weight_follow_their_definition(tiny: Path) -> None:
         mecpe_train.TrainConfig(pos_weight=0.0)
     with pytest.raises(ValueError, match="pair_weight must be > 0"):
         mecpe_train.TrainConfig(pair_weight=-1.0)
+    with pytest.raises(ValueError, match="pair_rank must be >= 1"):
+        mecpe_train.TrainConfig(pair_rank=0)
+    with pytest.raises(ValueError, match="pair_dropout must be in"):
+        mecpe_train.TrainConfig(pair_dropout=1.0)
 
 
 @pytest.mark.parametrize("rank", [None, 16])
