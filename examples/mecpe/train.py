@@ -32,10 +32,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from torch_pairconf import RPCLoss
 
@@ -68,7 +69,12 @@ DATASETS = ("ecf", "mecad", "mec4")
 
 
 #: What a run saved before a field existed was trained with (fields added later with a new default).
-_LEGACY_RUN: dict[str, Any] = {"pos_weight": 1.0, "pair_rank": None, "pair_dropout": None}
+_LEGACY_RUN: dict[str, Any] = {
+    "pos_weight": 1.0,
+    "pair_rank": None,
+    "pair_dropout": None,
+    "ema_decay": 0.0,
+}
 
 
 @dataclass
@@ -100,6 +106,7 @@ class TrainConfig:
     pos_weight: float = 2.0  # chosen on ECF dev (ablations_calibrated.txt): calibrated at 0.5
     pair_rank: int | None = ModelConfig.pair_rank
     pair_dropout: float | None = ModelConfig.pair_dropout
+    ema_decay: float = 0.99  # evaluate / select an exponential moving average of the weights
     window: int | None = None
     cause_not_after: bool = False
     threshold: float = 0.5
@@ -127,6 +134,8 @@ class TrainConfig:
             raise ValueError(f"pair_weight must be > 0, got {self.pair_weight!r}")
         if not self.pos_weight > 0:
             raise ValueError(f"pos_weight must be > 0, got {self.pos_weight!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay!r}")
         if self.pair_rank is not None and self.pair_rank < 1:
             raise ValueError(f"pair_rank must be >= 1 or None, got {self.pair_rank!r}")
         if self.pair_dropout is not None and not 0 <= self.pair_dropout < 1:
@@ -509,6 +518,14 @@ def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
     )
     model = MECPEModel(mcfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Dev selection, checkpoints and evaluation use an exponential moving average of the weights
+    # (updated after every step; made before RPCLoss so that the copy carries none of its hooks).
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+        if cfg.ema_decay > 0
+        else None
+    )
+    eval_model = cast(MECPEModel, ema.module) if ema is not None else model
     order_gen = torch.Generator().manual_seed(cfg.seed)
     gens = {"order": order_gen}
     rpcl: RPCLoss | None = None
@@ -530,6 +547,8 @@ def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
         _check_resumable(ckpt["config"], cfg, last_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         if rpcl is not None:
             rpcl.load_state_dict(ckpt["rpcl"])
         _set_rng_state(ckpt["rng"], gens)
@@ -555,6 +574,8 @@ def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
                 cause_not_after_emotion=cfg.cause_not_after,
             ).to(device)
             parts = _train_step(model, batch, optimizer, rpcl, cfg)
+            if ema is not None:
+                ema.update_parameters(model)
             sums.update(parts)
             if bar is not None:
                 bar.update(1)
@@ -564,7 +585,7 @@ def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
         dev_pred = predict(
-            model,
+            eval_model,
             data.dev,
             device=device,
             batch_size=cfg.eval_batch_size,
@@ -583,7 +604,7 @@ def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
             _atomic_save(
                 {
                     "format": CHECKPOINT_FORMAT,
-                    "model": model.state_dict(),
+                    "model": eval_model.state_dict(),
                     "model_config": mcfg.to_dict(),
                     "config": cfg.to_dict(),
                     "epoch": epoch + 1,
@@ -596,6 +617,7 @@ def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
                 "format": CHECKPOINT_FORMAT,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else {},
                 "rpcl": rpcl.state_dict() if rpcl is not None else {},
                 "rng": _rng_state(gens),
                 "model_config": mcfg.to_dict(),
@@ -750,6 +772,12 @@ def add_training_args(ap: argparse.ArgumentParser) -> None:
         help="dropout in the pair MLP (none: --dropout)",
     )
     ap.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.ema_decay,
+        help="decay of the weight average used for dev selection and evaluation (0: off)",
+    )
+    ap.add_argument(
         "--window", type=_optional_int, default=None, help="max |emotion - cause| of candidates"
     )
     ap.add_argument(
@@ -794,6 +822,7 @@ def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "pos_weight": args.pos_weight,
         "pair_rank": args.pair_rank,
         "pair_dropout": args.pair_dropout,
+        "ema_decay": args.ema_decay,
         "window": args.window,
         "cause_not_after": args.cause_not_after,
         "threshold": args.threshold,
