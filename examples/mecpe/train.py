@@ -106,7 +106,11 @@ class TrainConfig:
     pos_weight: float = 2.0  # chosen on ECF dev (ablations_calibrated.txt): calibrated at 0.5
     pair_rank: int | None = ModelConfig.pair_rank
     pair_dropout: float | None = ModelConfig.pair_dropout
-    ema_decay: float = 0.99  # evaluate / select an exponential moving average of the weights
+    # Dev selection, best.pt and evaluation use an exponential moving average of the weights with
+    # a time constant of ema_epochs epochs (per-step decay 1 - 1 / (ema_epochs * steps per
+    # epoch); 0: off), or the per-step decay ema_decay when it is given.
+    ema_epochs: float = 1.6
+    ema_decay: float | None = None
     window: int | None = None
     cause_not_after: bool = False
     threshold: float = 0.5
@@ -134,12 +138,22 @@ class TrainConfig:
             raise ValueError(f"pair_weight must be > 0, got {self.pair_weight!r}")
         if not self.pos_weight > 0:
             raise ValueError(f"pos_weight must be > 0, got {self.pos_weight!r}")
-        if not 0 <= self.ema_decay < 1:
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay!r}")
+        if not self.ema_epochs >= 0:
+            raise ValueError(f"ema_epochs must be >= 0 (0: off), got {self.ema_epochs!r}")
         if self.pair_rank is not None and self.pair_rank < 1:
             raise ValueError(f"pair_rank must be >= 1 or None, got {self.pair_rank!r}")
         if self.pair_dropout is not None and not 0 <= self.pair_dropout < 1:
             raise ValueError(f"pair_dropout must be in [0, 1) or None, got {self.pair_dropout!r}")
+
+    def ema_step_decay(self, steps_per_epoch: int) -> float:
+        """Per-step decay of the weight average (0: no average)."""
+        if self.ema_decay is not None:
+            return self.ema_decay
+        if self.ema_epochs == 0:
+            return 0.0
+        return 1.0 - 1.0 / max(self.ema_epochs * steps_per_epoch, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -520,11 +534,8 @@ def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Dev selection, checkpoints and evaluation use an exponential moving average of the weights
     # (updated after every step; made before RPCLoss so that the copy carries none of its hooks).
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
-        if cfg.ema_decay > 0
-        else None
-    )
+    decay = cfg.ema_step_decay(math.ceil(len(data.train) / cfg.batch_size))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay > 0 else None
     eval_model = cast(MECPEModel, ema.module) if ema is not None else model
     order_gen = torch.Generator().manual_seed(cfg.seed)
     gens = {"order": order_gen}
@@ -772,10 +783,17 @@ def add_training_args(ap: argparse.ArgumentParser) -> None:
         help="dropout in the pair MLP (none: --dropout)",
     )
     ap.add_argument(
-        "--ema-decay",
+        "--ema-epochs",
         type=float,
+        default=d.ema_epochs,
+        help="time constant (epochs) of the weight average used for dev selection and "
+        "evaluation (0: off)",
+    )
+    ap.add_argument(
+        "--ema-decay",
+        type=_optional_float,
         default=d.ema_decay,
-        help="decay of the weight average used for dev selection and evaluation (0: off)",
+        help="per-step decay of that average instead of --ema-epochs (0: off)",
     )
     ap.add_argument(
         "--window", type=_optional_int, default=None, help="max |emotion - cause| of candidates"
@@ -822,6 +840,7 @@ def training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "pos_weight": args.pos_weight,
         "pair_rank": args.pair_rank,
         "pair_dropout": args.pair_dropout,
+        "ema_epochs": args.ema_epochs,
         "ema_decay": args.ema_decay,
         "window": args.window,
         "cause_not_after": args.cause_not_after,

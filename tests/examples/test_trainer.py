@@ -308,6 +308,13 @@ def test_ema_weights_are_selected_and_saved(tiny: Path, tmp_path: Path) -> None:
     assert off["complete"]
     with pytest.raises(ValueError, match="ema_decay must be in"):
         mecpe_train.TrainConfig(ema_decay=1.0)
+    # the default is a horizon in epochs: the same averaging time for short and long epochs
+    cfg = mecpe_train.TrainConfig()
+    assert cfg.ema_step_decay(63) == pytest.approx(1 - 1 / (1.6 * 63))
+    assert cfg.ema_step_decay(12) == pytest.approx(1 - 1 / (1.6 * 12))
+    assert mecpe_train.TrainConfig(ema_epochs=0).ema_step_decay(63) == 0.0
+    assert mecpe_train.TrainConfig(ema_decay=0.9).ema_step_decay(63) == 0.9
+    assert mecpe_train.TrainConfig.from_dict({"epochs": 3}).ema_step_decay(63) == 0.0  # older runs
 
 
 def test_rpcl_with_zero_weights_equals_base(tiny: Path, tmp_path: Path) -> None:
