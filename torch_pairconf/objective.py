@@ -265,7 +265,6 @@ class RPCLoss(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=True)
         self.last = {}
         self.last_replayed = False
-        self.reuse_output = reuse_output
         self._stash: _OutputStash | None = None
         self._stash_handle: Any = None
         if corrupt is not None and where == "output" and reuse_output and consistency_weight > 0:
