@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .train import (
+    RESUMABLE_CHANGES,
     DataBundle,
     TrainConfig,
     add_training_args,
@@ -325,18 +326,9 @@ def _paired(runs: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
     return out
 
 
-#: Config keys that may differ between a finished run and a re-invocation of the study.
-_MAY_DIFFER = (
-    "out",
-    "resume",
-    "quiet",
-    "device",
-    "keep_last",
-    "data_dir",
-    "cache_dir",
-    "eval_batch_size",
-    "threads",
-)
+#: Config keys that may differ between a finished run and a re-invocation of the study: what a
+#: resume may change, except the number of epochs (a finished run is reused as it is).
+_MAY_DIFFER = tuple(k for k in RESUMABLE_CHANGES if k != "epochs")
 
 
 def _check_same_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
