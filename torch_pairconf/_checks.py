@@ -6,6 +6,7 @@ synchronises a CUDA stream and all of them are traced away by ``torch.compile``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import torch
@@ -147,15 +148,23 @@ def reduce(loss: Tensor, weight: Tensor, reduction: str, out_dtype: torch.dtype)
     return (total / count).to(out_dtype)
 
 
-def compiling() -> bool:
-    """Whether ``torch.compile`` is tracing the caller (``torch.compiler.is_compiling`` arrived
-    in torch 2.3; older versions have it as ``torch._dynamo.is_compiling``)."""
+def _is_compiling_fn() -> Callable[[], bool]:
+    """``torch.compiler.is_compiling`` (torch >= 2.3) or ``torch._dynamo.is_compiling`` (older)."""
     is_compiling = getattr(torch.compiler, "is_compiling", None)
     if is_compiling is None:  # pragma: no cover - torch < 2.3
         from torch import _dynamo
 
         is_compiling = _dynamo.is_compiling
-    return bool(is_compiling())
+    return is_compiling
+
+
+# Resolved once: the lookup costs as much as the call, and the losses ask on every call.
+_IS_COMPILING: Final = _is_compiling_fn()
+
+
+def compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the caller."""
+    return bool(_IS_COMPILING())
 
 
 def use_fused(t: Tensor, min_numel: int) -> bool:
@@ -166,11 +175,7 @@ def use_fused(t: Tensor, min_numel: int) -> bool:
     H100: launch-bound), and under ``torch.compile`` inductor fuses the composite expressions
     itself. A shape/device decision only: nothing here reads tensor values.
     """
-    return (
-        t.device.type == "cpu"
-        and t.numel() >= max(min_numel, 1)
-        and not compiling()
-    )
+    return t.is_cpu and t.numel() >= max(min_numel, 1) and not _IS_COMPILING()
 
 
 def check_once_differentiable(name: str) -> None:

@@ -74,8 +74,9 @@ def _conf_of(scores: Tensor, out: Tensor | None, prob: bool, temperature: float)
     """
     if temperature == 1.0 and not prob:
         return scores
-    if out is None:
-        out = torch.empty_like(scores)
+    if out is None:  # one kernel that allocates, not an allocation and a kernel
+        scaled = scores if temperature == 1.0 else scores / temperature
+        return torch.sigmoid(scaled) if prob else scaled
     if temperature != 1.0:
         scores = torch.div(scores, temperature, out=out)
     return torch.sigmoid(scores, out=out) if prob else out
@@ -155,8 +156,11 @@ def _hinge_k1(
         neg, index = key.amax(-1, keepdim=True), None
     has = neg != ninf  # NaN (a NaN valid negative) counts as a negative, as in the composite path
     c_neg = _conf_of(neg, None, prob, temperature)
-    # In place unless backward needs c_neg (the negatives' gradient in probability space).
-    t = c_neg + margin if (grad and index is not None and prob) else c_neg.add_(margin)
+    # In place unless backward needs c_neg (the negatives' gradient in probability space). The
+    # margin as a cached 0-dim tensor in the accumulation type: the kernel reads it at that
+    # precision, exactly like a Python float, without wrapping a new tensor on every call.
+    m = _cpu_constant(margin, acc)
+    t = c_neg + m if (grad and index is not None and prob) else c_neg.add_(m)
     contributes = _contributing(gold, valid, has)
     c = _conf_of(scores, key, prob, temperature)  # the key's buffer is reused
     hinge = torch.sub(t, c, out=None if grad else key).clamp_min_(0)

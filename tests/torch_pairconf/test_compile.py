@@ -89,3 +89,14 @@ def test_rpcl_with_a_compiled_model_re_runs_and_matches_eager() -> None:
         losses.append(loss.detach())
         rpcl.remove_hooks()
     torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_traced_code_sees_compiling_and_skips_the_fused_paths() -> None:
+    from torch_pairconf._checks import compiling, use_fused
+
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return x + (1 if compiling() else 0) + (10 if use_fused(x, 1) else 0)
+
+    x = torch.zeros(2, 3, 3)
+    assert torch.equal(probe(x), torch.full_like(x, 10))
+    assert torch.equal(torch.compile(probe, backend="eager", fullgraph=True)(x), torch.ones_like(x))

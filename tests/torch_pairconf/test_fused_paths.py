@@ -137,6 +137,17 @@ def test_gate_selects_the_implementation() -> None:
     assert not use_fused(torch.zeros(2, 3, 3, device="meta"), 1)
 
 
+def test_compiling_probe_falls_back_before_torch_2_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch import _dynamo
+
+    from torch_pairconf import _checks
+
+    assert _checks._is_compiling_fn() is torch.compiler.is_compiling
+    monkeypatch.delattr(torch.compiler, "is_compiling")
+    assert _checks._is_compiling_fn() is _dynamo.is_compiling
+    assert _checks.compiling() is False  # eager here
+
+
 # --------------------------------------------------------------------------- margin loss
 
 
