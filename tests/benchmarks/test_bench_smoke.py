@@ -16,6 +16,7 @@ import torch_pairconf as tp
 from benchmarks import bench_losses as bl
 from benchmarks import bench_step as bs
 from benchmarks import loop_reference as lr
+from benchmarks import probe_margin_k1 as pm
 from benchmarks._common import header
 
 TINY = bl.Config(min_run_time=0.001, rounds=1, loop_min_run_time=0.001, loop_max_rows=8)
@@ -80,6 +81,31 @@ def test_bench_losses_cli(tmp_path) -> None:
     for r in data["rows"]:
         _check_row(r, bl.ROW_KEYS)
     assert (tmp_path / "losses.md").exists()
+
+
+def test_probe_margin_k1_cli(tmp_path) -> None:
+    # The probe checks on every size that its bare kernels return the library's value.
+    payload = pm.main(
+        ["--sizes", "1x8,2x5", "--min-run-time", "0.001", "--rounds", "1", "--out", str(tmp_path)]
+    )
+    data = json.loads((tmp_path / "margin_k1_probe.json").read_text())
+    assert [(r["B"], r["N"]) for r in data["rows"]] == [(1, 8), (2, 5)] == [
+        (r["B"], r["N"]) for r in payload["rows"]
+    ]
+    inp = bl.make_inputs(1, 8, torch.float32, torch.device("cpu"))
+    names = [name for name, _ in pm.kernel_ops(inp.scores, inp.gold, inp.valid)]
+    for r in data["rows"]:
+        assert list(r["ops_s"]) == names
+        assert r["op_sum_s"] == pytest.approx(sum(r["ops_s"].values()))
+        for key in ("floor_s", "kernels_s", "function_s", "module_s", "kernels_over_floor"):
+            assert math.isfinite(r[key]) and r[key] > 0, key
+    assert "Each kernel alone" in (tmp_path / "margin_k1_probe.md").read_text()
+
+
+def test_probe_margin_k1_notices_a_library_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pm, "pair_margin_loss", lambda *a, **k: torch.tensor(-1.0))
+    with pytest.raises(AssertionError, match="no longer mirror"):
+        pm.probe_size(1, 8, 0.001, 1, 1)
 
 
 @pytest.mark.parametrize("use_real", [True, False], ids=["reference-model", "stand-in"])
