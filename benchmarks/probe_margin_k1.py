@@ -1,8 +1,9 @@
 """Where the time of the ``k = 1`` margin loss' forward goes at small sizes.
 
-``bench_losses`` misses its ours/floor <= 3 target for ``PairMarginLoss(k=1)`` forward (inputs
-without grad) only at ``B = 1``, ``N <= 128``. This probe splits that forward into its parts and
-times each against the same floor, in interleaved rounds at every size:
+``bench_losses`` finds ``PairMarginLoss(k=1)``'s forward (inputs without grad) furthest from its
+ours/floor <= 3 target at the smallest inputs (``B = 1``, ``N = 64``), where fixed per-kernel
+costs dominate. This probe splits that forward into its parts and times each against the same
+floor, in interleaved rounds at every size:
 
 * ``floor``: ``scores.masked_fill(~valid, -inf).amax(-1)``, as in ``bench_losses``.
 * ``op:<name>``: each kernel of the fused no-grad path (``margin._hinge_k1`` followed by the mean)
