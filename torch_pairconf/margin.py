@@ -111,11 +111,19 @@ def _row_count(mask: Tensor) -> Tensor:
 _CONSTANTS: dict[tuple[float, torch.dtype], Tensor] = {}
 
 
+_MAX_CONSTANTS: Final = 64
+
+
 def _cpu_constant(value: float, dtype: torch.dtype) -> Tensor:
-    """A cached 0-dim CPU tensor: creating one costs about as much as a small op."""
+    """A cached 0-dim CPU tensor: creating one costs about as much as a small op.
+
+    The cache is bounded: a margin schedule passes a new value on every step.
+    """
     key = (value, dtype)
     t = _CONSTANTS.get(key)
     if t is None:
+        if len(_CONSTANTS) >= _MAX_CONSTANTS:
+            _CONSTANTS.clear()
         t = _CONSTANTS[key] = torch.full((), value, dtype=dtype)
     return t
 

@@ -206,6 +206,22 @@ def test_margin_fused_matches_composite_in_every_dtype(
     assert_grad_support(fused_grad, batch.valid)
 
 
+def test_margin_schedule_keeps_the_constant_cache_bounded() -> None:
+    # A margin warm-up passes a new float every step; each must be used exactly, none kept forever.
+    from torch_pairconf import margin as margin_module
+
+    scores = torch.tensor([[[2.0, 1.5, -1.0]]])
+    gold = torch.tensor([[[True, False, False]]])
+    valid = torch.ones(1, 1, 3, dtype=torch.bool)
+    for step in range(200):
+        m = 0.5 + step / 100
+        loss = pair_margin_loss(scores, gold, valid, margin=m, space="logit")
+        composite = pair_margin_loss(scores, gold, valid, m, space="logit", reduction="none")
+        assert torch.equal(loss, composite.sum())  # one contributing pair: mean == sum
+        torch.testing.assert_close(loss, torch.tensor(max(0.0, m - 0.5)))
+    assert len(margin_module._CONSTANTS) < 100  # far fewer than the 200 margins used
+
+
 @given(pair_batches(), st.integers(1, 3), st.sampled_from(["prob", "logit"]))
 def test_margin_fused_forward_without_grad(batch: PairBatch, k: int, space: str) -> None:
     # Inputs without grad (or under no_grad) take the fused forward without the autograd.Function.
