@@ -92,10 +92,9 @@ def test_probe_margin_k1_cli(tmp_path) -> None:
     assert [(r["B"], r["N"]) for r in data["rows"]] == [(1, 8), (2, 5)] == [
         (r["B"], r["N"]) for r in payload["rows"]
     ]
-    inp = bl.make_inputs(1, 8, torch.float32, torch.device("cpu"))
-    names = [name for name, _ in pm.kernel_ops(inp.scores, inp.gold, inp.valid)]
     for r in data["rows"]:
-        assert list(r["ops_s"]) == names
+        assert len(r["ops_s"]) == 15  # the kernels of margin._hinge_k1's no-grad path + the mean
+        assert all(math.isfinite(t) and t > 0 for t in r["ops_s"].values())
         assert r["op_sum_s"] == pytest.approx(sum(r["ops_s"].values()))
         for key in ("floor_s", "kernels_s", "function_s", "module_s", "kernels_over_floor"):
             assert math.isfinite(r[key]) and r[key] > 0, key
