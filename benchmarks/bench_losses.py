@@ -166,7 +166,7 @@ def _closures(
     if op == "miner":
 
         def ours_out() -> torch.Tensor:
-            return mine_hard_negatives(x, gold, valid, 1).values.sum()
+            return mine_hard_negatives(x, gold, valid, k=1).values.sum()
 
         def loop_out() -> torch.Tensor:
             return loop_mine_hard_negatives(x, gold, valid, 1, rows=rows)[0].sum()

@@ -6,7 +6,7 @@ costs dominate. This probe splits that forward into its parts and times each aga
 floor, in interleaved rounds at every size:
 
 * ``floor``: ``scores.masked_fill(~valid, -inf).amax(-1)``, as in ``bench_losses``.
-* ``op:<name>``: each kernel of the fused no-grad path (``margin._hinge_k1`` followed by the mean)
+* ``op:<name>``: each kernel of the fused no-grad path (``_fused._margin._hinge_k1`` followed by the mean)
   alone, on the intermediate it reads in the library. Their sum is what the kernels cost with
   nothing between them.
 * ``kernels``: the same kernels back to back in one Python function, without input checks,
@@ -114,7 +114,7 @@ def probe_size(b: int, n: int, min_run_time: float, rounds: int, threads: int) -
     if not torch.equal(bare, library):
         raise AssertionError(
             f"B={b} N={n}: the bare kernels give {bare} but pair_margin_loss gives {library}; "
-            "kernel_ops/kernels no longer mirror margin._hinge_k1"
+            "kernel_ops/kernels no longer mirror _fused._margin._hinge_k1"
         )
     fns: dict[str, Callable[[], object]] = {
         "floor": lambda: scores.masked_fill(~valid, -math.inf).amax(-1),

@@ -7,6 +7,12 @@ column ``j`` a candidate cause; ``gold`` and ``valid`` bool ``(B, N, M)``.
 from .consistency import ConsistencyLoss, bernoulli_kl, consistency_loss
 from .corruption import ContextCorruption, context_corruption, gold_utterances
 from .diagnostics import (
+    PRF,
+    ConfidenceGap,
+    Reliability,
+    RowRanking,
+    Threshold,
+    Violations,
     best_threshold,
     confidence_gap,
     expected_calibration_error,
@@ -17,7 +23,7 @@ from .diagnostics import (
     row_ranking,
 )
 from .listwise import PairListwiseLoss, pair_listwise_loss
-from .margin import PairMarginLoss, pair_margin_loss
+from .margin import PairMarginLoss, confidence, pair_margin_loss
 from .masks import (
     PairMasks,
     dense_from_candidates,
@@ -27,11 +33,20 @@ from .masks import (
     valid_from_lengths,
 )
 from .mining import HardNegatives, mine_hard_negatives
-from .objective import RPCLoss, corrupt_submodule, utterance_mask
+from .objective import (
+    Replay,
+    RPCLoss,
+    corrupt_submodule,
+    default_scores_fn,
+    unwrap_model,
+    utterance_mask,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
+    "PRF",
+    "ConfidenceGap",
     "ConsistencyLoss",
     "ContextCorruption",
     "HardNegatives",
@@ -39,13 +54,20 @@ __all__ = [
     "PairMarginLoss",
     "PairMasks",
     "RPCLoss",
+    "Reliability",
+    "Replay",
+    "RowRanking",
+    "Threshold",
+    "Violations",
     "__version__",
     "bernoulli_kl",
     "best_threshold",
+    "confidence",
     "confidence_gap",
     "consistency_loss",
     "context_corruption",
     "corrupt_submodule",
+    "default_scores_fn",
     "dense_from_candidates",
     "expected_calibration_error",
     "gold_utterances",
@@ -59,6 +81,7 @@ __all__ = [
     "reliability_diagram",
     "row_ranking",
     "two_class_to_logit",
+    "unwrap_model",
     "utterance_mask",
     "valid_from_labels",
     "valid_from_lengths",

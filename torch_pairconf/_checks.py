@@ -6,14 +6,26 @@ synchronises a CUDA stream and all of them are traced away by ``torch.compile``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
-
 import torch
 from torch import Tensor
 
-REDUCTIONS: Final = ("none", "mean", "sum")
-SPACES: Final = ("prob", "logit")
+from ._reduce import REDUCTIONS
+from ._space import SPACES
+
+__all__ = [
+    "REDUCTIONS",
+    "SPACES",
+    "check_bool",
+    "check_choice",
+    "check_float",
+    "check_k",
+    "check_mask",
+    "check_nonneg",
+    "check_pair_inputs",
+    "check_positive",
+    "check_same",
+    "same_device",
+]
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:
@@ -127,75 +139,3 @@ def check_k(k: int) -> None:
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-
-
-def reduce(loss: Tensor, weight: Tensor, reduction: str, out_dtype: torch.dtype) -> Tensor:
-    """Reduce a per-element loss that is already zero where ``weight`` is false.
-
-    ``mean`` divides by the number of contributing elements (at least 1), so an input with no
-    contributing element yields a zero that is still attached to the graph. Accumulation runs in
-    at least float32 so that half-precision sums over large matrices stay accurate.
-    """
-    if reduction == "none":
-        return loss.to(out_dtype)
-    acc = torch.promote_types(loss.dtype, torch.float32)
-    total = loss.sum(dtype=acc)
-    if reduction == "sum":
-        return total.to(out_dtype)
-    # Counted as int64 (exact; a bool -> float sum is several times slower on CPU), the division
-    # promotes it to the float dtype of ``total``.
-    count = weight.sum().clamp_min(1)
-    return (total / count).to(out_dtype)
-
-
-def _is_compiling_fn() -> Callable[[], bool]:
-    """``torch.compiler.is_compiling`` (torch >= 2.3) or ``torch._dynamo.is_compiling`` (older)."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    if is_compiling is None:  # pragma: no cover - torch < 2.3
-        from torch import _dynamo
-
-        is_compiling = _dynamo.is_compiling
-    return is_compiling
-
-
-# Resolved once: the lookup costs as much as the call, and the losses ask on every call.
-_IS_COMPILING: Final = _is_compiling_fn()
-
-
-def compiling() -> bool:
-    """Whether ``torch.compile`` is tracing the caller."""
-    return bool(_IS_COMPILING())
-
-
-def use_fused(t: Tensor, min_numel: int) -> bool:
-    """Whether a loss should take its hand-fused CPU implementation for input ``t``.
-
-    Only eager CPU tensors with at least ``min_numel`` (and at least one) elements qualify. On
-    CUDA the composite expressions are kept (a fused variant was measured 1.4-1.8x slower on an
-    H100: launch-bound), and under ``torch.compile`` inductor fuses the composite expressions
-    itself. A shape/device decision only: nothing here reads tensor values.
-    """
-    return t.is_cpu and t.numel() >= max(min_numel, 1) and not _IS_COMPILING()
-
-
-def check_once_differentiable(name: str) -> None:
-    """Raise inside a fused loss' ``backward`` when a graph of the gradient is requested.
-
-    The hand-written backward passes compute gradients outside autograd, so a second
-    differentiation (``create_graph=True``, e.g. a gradient penalty) would silently see a
-    constant; the composite path (``reduction="none"``, then reduce) supports it.
-    """
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            f"{name}: the fused CPU implementation is not twice differentiable "
-            "(backward with create_graph=True); compute it with reduction='none' and reduce "
-            "the result yourself"
-        )
-
-
-def reduce_total(total: Tensor, count: Tensor, mean: bool, dtype: torch.dtype) -> Tensor:
-    """A fused loss' accumulated ``total`` (float32 or float64), divided by ``count`` if
-    ``mean`` (at least 1, so no contributing element gives an exact zero), in ``dtype``."""
-    if mean:
-        total = total.div_(count.clamp_min(1))  # total is the fused loss' own fresh sum
-    return total if total.dtype == dtype else total.to(dtype)

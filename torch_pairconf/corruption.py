@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._checks import check_bool, check_choice, check_float, same_device
@@ -64,6 +65,7 @@ def context_corruption(
     x: Tensor,
     protect: Tensor,
     mask: Tensor,
+    *,
     p: float,
     mode: str = "zero",
     training: bool = True,
@@ -86,7 +88,8 @@ def context_corruption(
         p: corruption probability in ``[0, 1]``.
         mode: one of ``"zero"``, ``"mean"``, ``"noise"``, ``"shuffle"``.
         training: identity when false (as in eval mode).
-        generator: optional ``torch.Generator`` on ``x``'s device for repeatable draws.
+        generator: optional ``torch.Generator`` on ``x``'s device for repeatable draws
+            (``None``: torch's default generator).
 
     Returns:
         ``(corrupted, corrupted_mask)``: the ``(B, N, D)`` view (gradient flows to the kept
@@ -131,6 +134,14 @@ class ContextCorruption(nn.Module):
         mode: ``"zero"``, ``"mean"``, ``"noise"`` or ``"shuffle"``.
         generator: optional generator used for every call (keeps runs repeatable).
 
+    **Data-parallel runs.** Without a ``generator``, draws come from torch's default generator,
+    except when ``torch.distributed`` is initialised with more than one process: then each rank
+    draws from its own generator, seeded on first use with
+    ``(torch.initial_seed() + RANK_STRIDE * (rank + 1)) mod 2**64``, so that ranks started with the
+    same seed still corrupt different utterances, and a rerun with the same seed draws the same
+    masks. Its state is part of :meth:`state_dict` (``_extra_state``), so a resumed run continues
+    the same stream. With an explicit ``generator`` the caller chooses (seed it per rank).
+
     Example:
         >>> corrupt = ContextCorruption(p=0.3, mode="mean")
         >>> x = torch.randn(2, 4, 8)
@@ -140,16 +151,52 @@ class ContextCorruption(nn.Module):
         True
     """
 
-    def __init__(self, p: float, mode: str = "zero", generator: torch.Generator | None = None) -> None:
+    #: Odd 64-bit constant (the golden ratio's) that spreads the per-rank seeds.
+    RANK_STRIDE: Final = 0x9E3779B97F4A7C15
+
+    def __init__(
+        self, p: float, *, mode: str = "zero", generator: torch.Generator | None = None
+    ) -> None:
         super().__init__()
         _check_p(p)
         check_choice("mode", mode, MODES)
         self.p = p
         self.mode = mode
         self.generator = generator
+        self._rank_generators: dict[str, torch.Generator] = {}
+
+    def draw_generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator the next draw on ``device`` uses (see the class docstring)."""
+        if self.generator is not None:
+            return self.generator
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return None
+        key = str(device)
+        g = self._rank_generators.get(key)
+        if g is None:
+            seed = (torch.initial_seed() + self.RANK_STRIDE * (dist.get_rank() + 1)) % 2**64
+            g = self._rank_generators[key] = torch.Generator(device=device).manual_seed(seed)
+        return g
 
     def forward(self, x: Tensor, protect: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        return context_corruption(x, protect, mask, self.p, self.mode, self.training, self.generator)
+        generator = self.draw_generator(x.device) if self.training and self.p > 0 else None
+        return context_corruption(
+            x, protect, mask, p=self.p, mode=self.mode, training=self.training, generator=generator
+        )
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return {key: g.get_state() for key, g in self._rank_generators.items()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self._rank_generators = {
+            key: _generator_from_state(key, value) for key, value in state.items()
+        }
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mode={self.mode!r}"
+
+
+def _generator_from_state(device: str, state: Tensor) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.set_state(state)
+    return g

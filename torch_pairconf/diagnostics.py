@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ._checks import SPACES, check_choice, check_nonneg, check_pair_inputs
-from .margin import confidence
+from ._space import confidence
 from .mining import mine_hard_negatives
 
 __all__ = [
@@ -129,7 +129,9 @@ def _sorted_valid(scores: Tensor, gold: Tensor, valid: Tensor) -> tuple[Tensor, 
     return s, g, v, v & nxt_differs
 
 
-def pair_prf(scores: Tensor, gold: Tensor, valid: Tensor, threshold: float | Tensor = 0.5) -> PRF:
+def pair_prf(
+    scores: Tensor, gold: Tensor, valid: Tensor, *, threshold: float | Tensor = 0.5
+) -> PRF:
     """Micro pair precision / recall / F1 with prediction ``sigmoid(score) > threshold``.
 
     Args:
@@ -206,7 +208,9 @@ def best_threshold(scores: Tensor, gold: Tensor, valid: Tensor) -> Threshold:
     )
 
 
-def confidence_gap(scores: Tensor, gold: Tensor, valid: Tensor, space: str = "prob") -> ConfidenceGap:
+def confidence_gap(
+    scores: Tensor, gold: Tensor, valid: Tensor, *, space: str = "prob"
+) -> ConfidenceGap:
     """Gap between each valid gold pair and the hardest negative of its row, ``(B, N, M)``.
 
     ``mask`` marks the gold pairs whose row has a negative; ``mean`` is the mean gap over them.
@@ -217,7 +221,7 @@ def confidence_gap(scores: Tensor, gold: Tensor, valid: Tensor, space: str = "pr
         zeros = torch.zeros(scores.shape, dtype=_ACC, device=scores.device)
         return ConfidenceGap(zeros, torch.zeros_like(valid), zeros.new_zeros(()))
     clean = scores.detach().masked_fill(~valid, 0).to(_ACC)
-    neg = mine_hard_negatives(clean, gold, valid, 1)
+    neg = mine_hard_negatives(clean, gold, valid, k=1)
     c = confidence(clean, space)
     # Gather the negative's confidence from the same tensor (not sigmoid of neg.values, another
     # layout, which can differ by an ulp) so that a tie gives a gap of exactly 0.
@@ -228,11 +232,11 @@ def confidence_gap(scores: Tensor, gold: Tensor, valid: Tensor, space: str = "pr
 
 
 def margin_violations(
-    scores: Tensor, gold: Tensor, valid: Tensor, margin: float = 0.2, space: str = "prob"
+    scores: Tensor, gold: Tensor, valid: Tensor, *, margin: float = 0.2, space: str = "prob"
 ) -> Violations:
     """Rate and severity of gold pairs whose gap to the row's hardest negative is below ``margin``."""
     check_nonneg("margin", margin)
-    gap = confidence_gap(scores, gold, valid, space)
+    gap = confidence_gap(scores, gold, valid, space=space)
     violated = gap.mask & (gap.gaps < margin)
     count = violated.sum(dtype=_ACC)
     shortfall = torch.where(violated, margin - gap.gaps, torch.zeros_like(gap.gaps)).sum()
@@ -261,7 +265,7 @@ def _bins(scores: Tensor, valid: Tensor, n_bins: int, binning: str) -> tuple[Ten
 
 
 def reliability_diagram(
-    scores: Tensor, gold: Tensor, valid: Tensor, n_bins: int = 10, binning: str = "width"
+    scores: Tensor, gold: Tensor, valid: Tensor, *, n_bins: int = 10, binning: str = "width"
 ) -> Reliability:
     """Per-bin mean confidence, gold rate and count of the valid candidates (for a plot)."""
     check_pair_inputs(scores, gold, valid, dims=None)
@@ -275,14 +279,14 @@ def reliability_diagram(
 
 
 def expected_calibration_error(
-    scores: Tensor, gold: Tensor, valid: Tensor, n_bins: int = 15, binning: str = "width"
+    scores: Tensor, gold: Tensor, valid: Tensor, *, n_bins: int = 15, binning: str = "width"
 ) -> Tensor:
     r"""Expected calibration error of the valid pair confidences.
 
     :math:`\mathrm{ECE} = \sum_b \frac{n_b}{n} \lvert \bar y_b - \bar c_b \rvert` with
     ``binning="width"`` (equal-width bins on [0, 1]) or ``"mass"`` (bins of equal count).
     """
-    r = reliability_diagram(scores, gold, valid, n_bins, binning)
+    r = reliability_diagram(scores, gold, valid, n_bins=n_bins, binning=binning)
     return _div((r.counts * (r.accuracy - r.confidence).abs()).sum(), r.counts.sum())
 
 

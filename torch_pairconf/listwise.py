@@ -1,4 +1,15 @@
-"""Row-wise softmax (listwise) term: each gold pair against its row's hard negatives."""
+r"""Row-wise softmax (listwise) term: each gold pair against its row's hard negatives.
+
+With :math:`z = s / T` and :math:`\mathcal{N}_k(b,i)` the row's hard negatives, for every valid
+gold pair whose row has a negative,
+
+.. math::
+
+    \ell_{bij} = -\log \frac{e^{z_{bij} - m}}{e^{z_{bij} - m} + \sum_{n \in \mathcal{N}_k(b,i)} e^{z_{bin}}}
+               = \operatorname{softplus}\Bigl(\log\!\sum_{n} e^{z_{bin}} - z_{bij} + m\Bigr),
+
+:math:`\ell_{bij} = 0` elsewhere, and ``reduction="mean"`` averages over contributing gold pairs.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +24,9 @@ from ._checks import (
     check_nonneg,
     check_pair_inputs,
     check_positive,
-    reduce,
 )
-from .mining import mine_hard_negatives
+from ._reduce import reduce
+from .mining import HardNegatives, check_negatives, mine_hard_negatives
 
 __all__ = ["PairListwiseLoss", "pair_listwise_loss"]
 
@@ -31,33 +42,29 @@ def pair_listwise_loss(
     scores: Tensor,
     gold: Tensor,
     valid: Tensor,
+    *,
     k: int = 4,
     temperature: float = 1.0,
     margin: float = 0.0,
     detach_negatives: bool = False,
+    negatives: HardNegatives | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Softmax cross-entropy of each gold pair against the ``k`` hard negatives of its row.
 
-    With :math:`z = s / T` and :math:`\mathcal{N}_k(b,i)` the row's hard negatives, for every
-    valid gold pair whose row has a negative:
-
-    .. math::
-
-        \ell_{bij} = -\log \frac{e^{z_{bij} - m}}{e^{z_{bij} - m} + \sum_{n \in \mathcal{N}_k(b,i)} e^{z_{bin}}}
-                   = \operatorname{softplus}\Bigl(\log\!\sum_{n} e^{z_{bin}} - z_{bij} + m\Bigr)
-
-    A smooth, logit-space relative of :func:`~torch_pairconf.pair_margin_loss`: it never
-    saturates, so it keeps widening the gap, more gently once the gold pair leads. Other gold
-    pairs of the row are never in the denominator. ``reduction="mean"`` averages over
-    contributing gold pairs (a zero attached to the graph when there are none).
+    A smooth, logit-space relative of :func:`~torch_pairconf.pair_margin_loss` (formula: module
+    docstring): it never saturates, so it keeps widening the gap, more gently once the gold pair
+    leads. Other gold pairs of the row are never in the denominator. ``reduction="mean"``
+    averages over contributing gold pairs (a zero attached to the graph when there are none).
 
     Args:
         scores: ``(B, N, M)`` pair logits; ``gold``, ``valid``: bool ``(B, N, M)``.
-        k: hard negatives per row, ``>= 1``.
+        k: hard negatives per row, ``>= 1`` (ignored when ``negatives`` is given).
         temperature: ``T > 0``.
         margin: additive logit margin ``m >= 0`` (in units of ``z``).
         detach_negatives: only push gold pairs up.
+        negatives: precomputed :class:`~torch_pairconf.HardNegatives` (``values`` are gathered
+            again from ``scores``; slots at gold or invalid pairs are ignored).
         reduction: ``"none"`` (``(B, N, M)``), ``"mean"`` or ``"sum"``.
 
     Example:
@@ -70,25 +77,37 @@ def pair_listwise_loss(
     check_pair_inputs(scores, gold, valid)
     _check_listwise_args(margin, k, temperature, reduction)
     clean = scores.masked_fill(~valid, 0)
-    neg = mine_hard_negatives(clean, gold, valid, k)
+    if negatives is None:
+        neg = mine_hard_negatives(clean, gold, valid, k=k)
+    else:
+        neg = check_negatives(negatives, clean, gold, valid)
     z_neg = neg.values / temperature
     if detach_negatives:
         z_neg = z_neg.detach()
     low = torch.finfo(z_neg.dtype).min
     lse = z_neg.masked_fill(~neg.mask, low).logsumexp(-1, keepdim=True)  # (B, N, 1)
-    contributes = gold & valid & neg.mask.any(-1, keepdim=True)
+    has = neg.mask.any(-1, keepdim=True)
+    contributes = gold & valid & has
     # A row without negatives has lse at the sentinel: keep the argument finite there.
-    lse = torch.where(neg.mask.any(-1, keepdim=True), lse, torch.zeros_like(lse))
+    lse = torch.where(has, lse, torch.zeros_like(lse))
     loss = F.softplus(lse - clean / temperature + margin).masked_fill(~contributes, 0)
     return reduce(loss, contributes, reduction, scores.dtype)
 
 
 class PairListwiseLoss(nn.Module):
-    """Module form of :func:`pair_listwise_loss`; arguments are the same."""
+    """Module form of :func:`pair_listwise_loss`; the options are the same.
+
+    Example:
+        >>> criterion = PairListwiseLoss(k=2)
+        >>> scores = torch.randn(1, 3, 3, requires_grad=True)
+        >>> gold = torch.eye(3, dtype=torch.bool).unsqueeze(0)
+        >>> criterion(scores, gold, torch.ones(1, 3, 3, dtype=torch.bool)).backward()
+    """
 
     def __init__(
         self,
         k: int = 4,
+        *,
         temperature: float = 1.0,
         margin: float = 0.0,
         detach_negatives: bool = False,
@@ -102,10 +121,13 @@ class PairListwiseLoss(nn.Module):
         self.detach_negatives = detach_negatives
         self.reduction = reduction
 
-    def forward(self, scores: Tensor, gold: Tensor, valid: Tensor) -> Tensor:
+    def forward(
+        self, scores: Tensor, gold: Tensor, valid: Tensor, negatives: HardNegatives | None = None
+    ) -> Tensor:
         return pair_listwise_loss(
-            scores, gold, valid, self.k, self.temperature, self.margin, self.detach_negatives, self.reduction
-        )
+            scores, gold, valid, k=self.k, temperature=self.temperature, margin=self.margin,
+            detach_negatives=self.detach_negatives, negatives=negatives, reduction=self.reduction,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return (

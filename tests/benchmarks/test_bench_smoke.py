@@ -138,7 +138,7 @@ def test_loop_reference_matches_library() -> None:
     scores, corrupted, gold, valid = _inputs()
     assert gold.any() and (~valid).any()  # gold pairs and padding are exercised
     for k in (1, 4):
-        ours = tp.mine_hard_negatives(scores, gold, valid, k)
+        ours = tp.mine_hard_negatives(scores, gold, valid, k=k)
         values, indices, mask = lr.loop_mine_hard_negatives(scores, gold, valid, k)
         assert torch.equal(mask, ours.mask)
         assert torch.equal(indices[mask], ours.indices[mask])

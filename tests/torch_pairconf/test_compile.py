@@ -28,13 +28,13 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 CASES: dict[str, Callable[..., Any]] = {
-    "miner_k1": lambda s, g, v: mine_hard_negatives(s, g, v, 1).values.sum(),
-    "miner_k4": lambda s, g, v: mine_hard_negatives(s, g, v, 4).values.sum(),
-    "margin_k1": lambda s, g, v: pair_margin_loss(s, g, v, 0.2, 1),
-    "margin_k3_logit": lambda s, g, v: pair_margin_loss(s, g, v, 1.0, 3, "logit", detach_negatives=True),
-    "listwise_k4": lambda s, g, v: pair_listwise_loss(s, g, v, 4, 2.0, 0.5),
-    "consistency_kl": lambda s, g, v: consistency_loss(s.detach().flip(-1), s, v, "kl"),
-    "consistency_js": lambda s, g, v: consistency_loss(s.detach().flip(-1), s, v, "js"),
+    "miner_k1": lambda s, g, v: mine_hard_negatives(s, g, v, k=1).values.sum(),
+    "miner_k4": lambda s, g, v: mine_hard_negatives(s, g, v, k=4).values.sum(),
+    "margin_k1": lambda s, g, v: pair_margin_loss(s, g, v, margin=0.2, k=1),
+    "margin_k3_logit": lambda s, g, v: pair_margin_loss(s, g, v, margin=1.0, k=3, space="logit", detach_negatives=True),
+    "listwise_k4": lambda s, g, v: pair_listwise_loss(s, g, v, k=4, temperature=2.0, margin=0.5),
+    "consistency_kl": lambda s, g, v: consistency_loss(s.detach().flip(-1), s, v, divergence="kl"),
+    "consistency_js": lambda s, g, v: consistency_loss(s.detach().flip(-1), s, v, divergence="js"),
 }
 
 
@@ -67,35 +67,62 @@ class _TinyPairModel(torch.nn.Module):
         return h @ h.transpose(-1, -2)
 
 
-def test_rpcl_with_a_compiled_model_re_runs_and_matches_eager() -> None:
-    """Under torch.compile the output-replay hook records nothing, so RPCLoss re-runs the
-    corrupted submodule; the loss equals eager's with the same corruption draws."""
+def _rpcl_losses(compiled: bool, where: str, reuse: bool, built_after: bool, steps: int = 3) -> tuple[list[float], Any]:
+    """RPCL losses of a few SGD steps on one model, eager or compiled; the loss is built before
+    the model's first (compiled) call or right after it."""
     from torch_pairconf import RPCLoss
 
     torch.manual_seed(0)
     model = _TinyPairModel()
-    x = torch.randn(3, 5, 6)
+    run = torch.compile(model) if compiled else model
+    x = torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(1))
     valid = torch.ones(3, 5, 5, dtype=torch.bool)
     gold = torch.zeros(3, 5, 5, dtype=torch.bool)
     gold[:, 2, 1] = True
+    gen = torch.Generator().manual_seed(3)
+
+    def build() -> RPCLoss:
+        return RPCLoss(model.encoder, model=model, where=where, reuse_output=reuse, p=0.5, generator=gen)
+
+    rpcl = None if built_after else build()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     losses = []
-    for compiled in (False, True):
-        run = torch.compile(model) if compiled else model
-        rpcl = RPCLoss(model.encoder, p=0.5, generator=torch.Generator().manual_seed(3))
+    for _ in range(steps):
         scores = run(x)
-        loss = rpcl(scores, gold, valid, rerun=lambda run=run: run(x))
-        assert rpcl.last_replayed is not compiled
-        loss.backward()
-        losses.append(loss.detach())
-        rpcl.remove_hooks()
-    torch.testing.assert_close(losses[0], losses[1])
+        rpcl = rpcl or build()
+        loss = rpcl(scores, gold, valid, rerun=lambda: run(x))
+        opt.zero_grad()
+        (scores.square().mean() + loss).backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses, rpcl.last_replayed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["input", "output"])
+@pytest.mark.parametrize("reuse", [True, False])
+@pytest.mark.parametrize("built_after", [False, True])
+def test_rpcl_with_a_compiled_model_matches_eager(where: str, reuse: bool, built_after: bool) -> None:
+    """Every where x reuse_output, RPCLoss built before or after the first compiled call: the
+    second pass arms the corrupted module's forward, which compiled graphs guard on, so the
+    compiled step runs the corruption and its losses equal eager's (same corruption draws).
+    Under compilation nothing is recorded, so nothing is replayed."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager, _ = _rpcl_losses(False, where, reuse, built_after)
+    compiled, replayed = _rpcl_losses(True, where, reuse, built_after)
+    assert not replayed
+    assert eager == pytest.approx(compiled, rel=1e-5, abs=1e-7)
+    assert all(v > 0 for v in eager)
 
 
 def test_traced_code_sees_compiling_and_skips_the_fused_paths() -> None:
-    from torch_pairconf._checks import compiling, use_fused
+    from torch_pairconf import _fused
+    from torch_pairconf._tracing import compiling
 
     def probe(x: torch.Tensor) -> torch.Tensor:
-        return x + (1 if compiling() else 0) + (10 if use_fused(x, 1) else 0)
+        return x + (1 if compiling() else 0) + (10 if _fused.applies(x, "mean") else 0)
 
     x = torch.zeros(2, 3, 3)
     assert torch.equal(probe(x), torch.full_like(x, 10))

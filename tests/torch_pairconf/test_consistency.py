@@ -46,12 +46,12 @@ def test_matches_loop_reference(batch: PairBatch, divergence: str, seed: int) ->
     ref = torch.zeros_like(clean)
     for idx in zip(*torch.where(batch.valid), strict=True):
         ref[idx] = divergence_reference(float(clean[idx]), float(corrupted[idx]), divergence)
-    none = consistency_loss(clean, corrupted, batch.valid, divergence, reduction="none")
+    none = consistency_loss(clean, corrupted, batch.valid, divergence=divergence, reduction="none")
     torch.testing.assert_close(none, ref, rtol=1e-7, atol=1e-10)
     count = int(batch.valid.sum())
-    mean = consistency_loss(clean, corrupted, batch.valid, divergence)
+    mean = consistency_loss(clean, corrupted, batch.valid, divergence=divergence)
     torch.testing.assert_close(mean, ref.sum() / max(count, 1), rtol=1e-7, atol=1e-10)
-    torch.testing.assert_close(consistency_loss(clean, corrupted, batch.valid, divergence, reduction="sum"), ref.sum())
+    torch.testing.assert_close(consistency_loss(clean, corrupted, batch.valid, divergence=divergence, reduction="sum"), ref.sum())
 
 
 @pytest.mark.parametrize("divergence", ["kl", "js", "mse"])
@@ -62,12 +62,12 @@ def test_extreme_logits_finite(divergence: str, dtype: torch.dtype) -> None:
     clean = a.reshape(1, 5, 5).to(dtype)
     corrupted = b.reshape(1, 5, 5).to(dtype).requires_grad_()
     valid = torch.ones(1, 5, 5, dtype=torch.bool)
-    loss = consistency_loss(clean, corrupted, valid, divergence, detach_clean=False, reduction="none")
+    loss = consistency_loss(clean, corrupted, valid, divergence=divergence, detach_clean=False, reduction="none")
     assert torch.isfinite(loss).all() and (loss >= 0).all()
     loss.sum().backward()
     assert corrupted.grad is not None and torch.isfinite(corrupted.grad).all()
     # identical views: zero (exactly for kl/mse; js up to log-sum-exp rounding)
-    same = float(consistency_loss(clean, clean, valid, divergence))
+    same = float(consistency_loss(clean, clean, valid, divergence=divergence))
     assert same == 0.0 if divergence != "js" else abs(same) < 1e-6
     if divergence == "kl" and dtype == torch.float64:
         # KL(p=1 || q=sigmoid(-1e4)) = -log sigmoid(-1e4) = 1e4
@@ -79,7 +79,7 @@ def test_finite_gradients_and_masked_positions(batch: PairBatch, divergence: str
     clean = batch.scores.clone().requires_grad_()
     finite = torch.where(batch.valid, batch.scores, 0.0)
     corrupted = torch.where(batch.valid, finite.flip(-1) + 1, torch.nan).requires_grad_()
-    loss = consistency_loss(clean, corrupted, batch.valid, divergence, detach_clean=detach)
+    loss = consistency_loss(clean, corrupted, batch.valid, divergence=divergence, detach_clean=detach)
     assert torch.isfinite(loss) and loss >= 0
     loss.backward()
     assert corrupted.grad is not None
@@ -104,7 +104,7 @@ def test_gradcheck(divergence: str) -> None:
     corrupted = torch.randn(2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
     valid = torch.rand(2, 3, 4, generator=g) < 0.8
     assert torch.autograd.gradcheck(
-        lambda a, b: consistency_loss(a, b, valid, divergence, detach_clean=False), (clean, corrupted)
+        lambda a, b: consistency_loss(a, b, valid, divergence=divergence, detach_clean=False), (clean, corrupted)
     )
 
 

@@ -25,7 +25,7 @@ def _inputs(b: int = 4, n: int = 7, d: int = 5, seed: int = 0) -> tuple[torch.Te
 @given(st.sampled_from(MODES), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1))
 def test_protected_and_padding_untouched(mode: str, p: float, seed: int) -> None:
     x, protect, mask = _inputs(seed=seed)
-    y, hit = context_corruption(x, protect, mask, p, mode, generator=torch.Generator().manual_seed(seed))
+    y, hit = context_corruption(x, protect, mask, p=p, mode=mode, generator=torch.Generator().manual_seed(seed))
     assert y.shape == x.shape and hit.shape == mask.shape and hit.dtype == torch.bool
     assert not (hit & (protect | ~mask)).any()
     keep = ~hit
@@ -36,7 +36,7 @@ def test_protected_and_padding_untouched(mode: str, p: float, seed: int) -> None
 @pytest.mark.parametrize("mode", MODES)
 def test_replacements_follow_the_mode(mode: str) -> None:
     x, protect, mask = _inputs(b=3, n=6, d=4, seed=5)
-    y, hit = context_corruption(x, protect, mask, 1.0, mode, generator=torch.Generator().manual_seed(1))
+    y, hit = context_corruption(x, protect, mask, p=1.0, mode=mode, generator=torch.Generator().manual_seed(1))
     assert torch.equal(hit, mask & ~protect)
     real = torch.where(mask.unsqueeze(-1), x, 0.0)
     for b in range(3):
@@ -67,7 +67,7 @@ def test_corruption_rate_is_p(p: float) -> None:
     mask = torch.ones(64, 40, dtype=torch.bool)
     protect = torch.zeros_like(mask)
     protect[:, :10] = True
-    _, hit = context_corruption(x, protect, mask, p, generator=torch.Generator().manual_seed(0))
+    _, hit = context_corruption(x, protect, mask, p=p, generator=torch.Generator().manual_seed(0))
     eligible = 64 * 30
     rate = float(hit.sum()) / eligible
     # binomial standard error; 5 sigma keeps the test from flaking yet catches a wrong rate
@@ -78,20 +78,20 @@ def test_corruption_rate_is_p(p: float) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_identity_in_eval_and_at_p0(mode: str) -> None:
     x, protect, mask = _inputs()
-    module = ContextCorruption(0.5, mode)
+    module = ContextCorruption(0.5, mode=mode)
     module.eval()
     y, hit = module(x, protect, mask)
     assert y is x and not hit.any()
-    y, hit = context_corruption(x, protect, mask, 0.0, mode)
+    y, hit = context_corruption(x, protect, mask, p=0.0, mode=mode)
     assert y is x and not hit.any()
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_same_seed_same_result_and_module_equals_function(mode: str) -> None:
     x, protect, mask = _inputs(seed=2)
-    a = context_corruption(x, protect, mask, 0.5, mode, generator=torch.Generator().manual_seed(7))
-    b = context_corruption(x, protect, mask, 0.5, mode, generator=torch.Generator().manual_seed(7))
-    m = ContextCorruption(0.5, mode, generator=torch.Generator().manual_seed(7))(x, protect, mask)
+    a = context_corruption(x, protect, mask, p=0.5, mode=mode, generator=torch.Generator().manual_seed(7))
+    b = context_corruption(x, protect, mask, p=0.5, mode=mode, generator=torch.Generator().manual_seed(7))
+    m = ContextCorruption(0.5, mode=mode, generator=torch.Generator().manual_seed(7))(x, protect, mask)
     for other in (b, m):
         assert torch.equal(a[1], other[1])
         assert torch.equal(a[0].nan_to_num(9.0), other[0].nan_to_num(9.0))
@@ -100,7 +100,7 @@ def test_same_seed_same_result_and_module_equals_function(mode: str) -> None:
 def test_gradient_flows_to_kept_utterances_only() -> None:
     x = torch.randn(2, 5, 3, requires_grad=True)
     mask = torch.ones(2, 5, dtype=torch.bool)
-    y, hit = context_corruption(x, torch.zeros_like(mask), mask, 0.5, "zero", generator=torch.Generator().manual_seed(0))
+    y, hit = context_corruption(x, torch.zeros_like(mask), mask, p=0.5, mode="zero", generator=torch.Generator().manual_seed(0))
     y.sum().backward()
     assert x.grad is not None
     assert torch.equal(x.grad[..., 0] == 1, ~hit)
@@ -110,7 +110,7 @@ def test_all_padding_batch_is_fine() -> None:
     x = torch.randn(2, 3, 4)
     none = torch.zeros(2, 3, dtype=torch.bool)
     for mode in MODES:
-        y, hit = context_corruption(x, none, none, 1.0, mode)
+        y, hit = context_corruption(x, none, none, p=1.0, mode=mode)
         assert not hit.any() and torch.equal(y, x)
 
 
@@ -127,15 +127,15 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
         ContextCorruption(1.5)
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
-        context_corruption(x, protect, mask, -0.1)
+        context_corruption(x, protect, mask, p=-0.1)
     with pytest.raises(ValueError, match="mode must be one of"):
-        ContextCorruption(0.2, "dropout")
+        ContextCorruption(0.2, mode="dropout")
     with pytest.raises(TypeError, match=r"protect must be a torch\.bool"):
-        context_corruption(x, protect.float(), mask, 0.2)
+        context_corruption(x, protect.float(), mask, p=0.2)
     with pytest.raises(ValueError, match=r"mask must have shape \(B, N\)"):
-        context_corruption(x, protect, mask[:, :2], 0.2)
+        context_corruption(x, protect, mask[:, :2], p=0.2)
     with pytest.raises(ValueError, match=r"x must have shape \(B, N, D\)"):
-        context_corruption(x[0], protect, mask, 0.2)
+        context_corruption(x[0], protect, mask, p=0.2)
 
 
 def test_same_device_treats_missing_index_as_current() -> None:

@@ -29,12 +29,12 @@ def _inputs(device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor
 
 
 LOSSES: dict[str, Callable[..., Any]] = {
-    "margin_prob_k1": lambda s, g, v: tp.pair_margin_loss(s, g, v, 0.2, 1),
-    "margin_logit_k4": lambda s, g, v: tp.pair_margin_loss(s, g, v, 1.0, 4, "logit"),
-    "listwise_k4": lambda s, g, v: tp.pair_listwise_loss(s, g, v, 4),
+    "margin_prob_k1": lambda s, g, v: tp.pair_margin_loss(s, g, v, margin=0.2, k=1),
+    "margin_logit_k4": lambda s, g, v: tp.pair_margin_loss(s, g, v, margin=1.0, k=4, space="logit"),
+    "listwise_k4": lambda s, g, v: tp.pair_listwise_loss(s, g, v, k=4),
     "consistency_kl": lambda s, g, v: tp.consistency_loss(torch.where(v, s, 0).detach().flip(-1), torch.where(v, s, 0), v),
-    "consistency_js": lambda s, g, v: tp.consistency_loss(torch.where(v, s, 0).detach().flip(-1), torch.where(v, s, 0), v, "js"),
-    "miner_k3": lambda s, g, v: tp.mine_hard_negatives(s, g, v, 3).values.float().sum(),
+    "consistency_js": lambda s, g, v: tp.consistency_loss(torch.where(v, s, 0).detach().flip(-1), torch.where(v, s, 0), v, divergence="js"),
+    "miner_k3": lambda s, g, v: tp.mine_hard_negatives(s, g, v, k=3).values.float().sum(),
 }
 
 
@@ -66,7 +66,7 @@ def test_cuda_corruption_and_diagnostics() -> None:
     protect = torch.zeros_like(mask)
     for mode in ("zero", "mean", "noise", "shuffle"):
         gen = torch.Generator(device="cuda").manual_seed(0)
-        y, hit = tp.context_corruption(x, protect, mask, 0.5, mode, generator=gen)
+        y, hit = tp.context_corruption(x, protect, mask, p=0.5, mode=mode, generator=gen)
         assert y.device.type == "cuda" and torch.isfinite(y).all() and hit.any()
     s, g, v = _inputs("cuda", torch.float32)
     cs, cg, cv = _inputs("cpu", torch.float32)

@@ -189,20 +189,20 @@ def all_metrics(scores: torch.Tensor, gold: torch.Tensor, valid: torch.Tensor) -
     """Every diagnostic (both spaces, both binnings) on one input; row metrics need 3 dims."""
     out = {
         "prf": pair_prf(scores, gold, valid),
-        "prf_thr": pair_prf(scores, gold, valid, 0.3),
+        "prf_thr": pair_prf(scores, gold, valid, threshold=0.3),
         "auprc": pair_auprc(scores, gold, valid),
         "best": best_threshold(scores, gold, valid),
-        "ece_w": expected_calibration_error(scores, gold, valid, 7),
-        "ece_m": expected_calibration_error(scores, gold, valid, 4, binning="mass"),
-        "rel_w": reliability_diagram(scores, gold, valid, 5),
-        "rel_m": reliability_diagram(scores, gold, valid, 3, binning="mass"),
+        "ece_w": expected_calibration_error(scores, gold, valid, n_bins=7),
+        "ece_m": expected_calibration_error(scores, gold, valid, n_bins=4, binning="mass"),
+        "rel_w": reliability_diagram(scores, gold, valid, n_bins=5),
+        "rel_m": reliability_diagram(scores, gold, valid, n_bins=3, binning="mass"),
     }
     if scores.dim() == 3:
         out |= {
             "gap_p": confidence_gap(scores, gold, valid),
             "gap_l": confidence_gap(scores, gold, valid, space="logit"),
-            "viol_p": margin_violations(scores, gold, valid, 0.1),
-            "viol_l": margin_violations(scores, gold, valid, 1.5, space="logit"),
+            "viol_p": margin_violations(scores, gold, valid, margin=0.1),
+            "viol_l": margin_violations(scores, gold, valid, margin=1.5, space="logit"),
             "rank": row_ranking(scores, gold, valid),
         }
     return out
@@ -230,9 +230,9 @@ def test_pair_prf_matches_reference(batch: PairBatch, data: st.DataObject) -> No
     if valid_p:
         choices = choices | st.sampled_from(valid_p)
     thr = data.draw(choices)
-    got = pair_prf(batch.scores, batch.gold, batch.valid, thr)
+    got = pair_prf(batch.scores, batch.gold, batch.valid, threshold=thr)
     assert_close(tuple(got), tuple(scalar(x) for x in ref_prf(p, g, v, thr)), **TOL)
-    as_tensor = pair_prf(batch.scores, batch.gold, batch.valid, scalar(thr))
+    as_tensor = pair_prf(batch.scores, batch.gold, batch.valid, threshold=scalar(thr))
     assert_close(tuple(as_tensor), tuple(got), **EXACT)
     assert got.tp + got.fn == batch.gold.sum()  # every gold pair is a hit or a miss
     for x in got[:3]:
@@ -267,7 +267,7 @@ def check_best_threshold(batch: PairBatch) -> None:
     elif cut > 0:
         assert thr >= 0.0
     # ... so pair_prf at the returned threshold predicts exactly {valid, p >= cut}.
-    prf = pair_prf(batch.scores, batch.gold, batch.valid, got.threshold)
+    prf = pair_prf(batch.scores, batch.gold, batch.valid, threshold=got.threshold)
     assert_close(prf.f1, got.f1, **EXACT)
     assert float(prf.tp + prf.fp) == sum(1 for pi, vi in zip(p, v, strict=True) if vi and pi >= cut)
 
@@ -284,7 +284,7 @@ def test_best_threshold_with_adjacent_confidences(batch: PairBatch) -> None:
 
 @given(pair_batches(), st.sampled_from(["prob", "logit"]))
 def test_confidence_gap_matches_reference(batch: PairBatch, space: str) -> None:
-    got = confidence_gap(batch.scores, batch.gold, batch.valid, space)
+    got = confidence_gap(batch.scores, batch.gold, batch.valid, space=space)
     gaps, mean = ref_gaps(batch, space)
     want_mask = torch.zeros_like(batch.gold)
     want_gaps = torch.zeros_like(batch.scores)
@@ -303,7 +303,7 @@ def test_confidence_gap_matches_reference(batch: PairBatch, space: str) -> None:
 )
 def test_margin_violations_match_reference(batch: PairBatch, space: str, margin: float) -> None:
     margin = margin if space == "prob" else margin * 10
-    got = margin_violations(batch.scores, batch.gold, batch.valid, margin, space)
+    got = margin_violations(batch.scores, batch.gold, batch.valid, margin=margin, space=space)
     assert_close(tuple(got), tuple(scalar(x) for x in ref_violations(batch, margin, space)), **TOL)
     assert 0.0 <= float(got.rate) <= 1.0
 
@@ -311,12 +311,12 @@ def test_margin_violations_match_reference(batch: PairBatch, space: str, margin:
 @given(pair_batches(), st.integers(1, 12), st.sampled_from(["width", "mass"]))
 def test_ece_and_reliability_match_reference(batch: PairBatch, n_bins: int, binning: str) -> None:
     _, p, g, v = flat(batch)
-    rel = reliability_diagram(batch.scores, batch.gold, batch.valid, n_bins, binning)
+    rel = reliability_diagram(batch.scores, batch.gold, batch.valid, n_bins=n_bins, binning=binning)
     conf, acc, count = ref_reliability(p, g, v, n_bins, binning)
     assert_close(rel.counts, torch.tensor(count, dtype=F64), **EXACT)
     assert_close(rel.confidence, torch.tensor(conf, dtype=F64), **TOL)
     assert_close(rel.accuracy, torch.tensor(acc, dtype=F64), **TOL)
-    ece = expected_calibration_error(batch.scores, batch.gold, batch.valid, n_bins, binning)
+    ece = expected_calibration_error(batch.scores, batch.gold, batch.valid, n_bins=n_bins, binning=binning)
     assert_close(ece, scalar(ref_ece(p, g, v, n_bins, binning)), **TOL)
     assert 0.0 <= float(ece) <= 1.0
     if binning == "mass" and sum(v):  # bins of equal mass: sizes differ by at most one
@@ -350,14 +350,14 @@ def test_row_metrics_invariant_to_column_permutation(batch: PairBatch, seed: int
     s, g, v = batch.scores[..., perm], batch.gold[..., perm], batch.valid[..., perm]
     assert_close(row_ranking(s, g, v), row_ranking(batch.scores, batch.gold, batch.valid), **EXACT)
     for space in ("prob", "logit"):
-        ref = confidence_gap(batch.scores, batch.gold, batch.valid, space)
-        got = confidence_gap(s, g, v, space)
+        ref = confidence_gap(batch.scores, batch.gold, batch.valid, space=space)
+        got = confidence_gap(s, g, v, space=space)
         assert torch.equal(got.mask, ref.mask[..., perm])
         assert_close(got.gaps, ref.gaps[..., perm], **EXACT)
         assert_close(got.mean, ref.mean, **TOL)
         assert_close(
-            margin_violations(s, g, v, 0.3, space),
-            margin_violations(batch.scores, batch.gold, batch.valid, 0.3, space),
+            margin_violations(s, g, v, margin=0.3, space=space),
+            margin_violations(batch.scores, batch.gold, batch.valid, margin=0.3, space=space),
             **TOL,
         )
 
@@ -513,7 +513,7 @@ def test_known_pair_prf() -> None:
     got = pair_prf(KNOWN_S, KNOWN_G, KNOWN_V)
     assert_close(tuple(got), tuple(map(scalar, (2 / 3, 2 / 3, 2 / 3, 2, 1, 1))))
     # At threshold 0.7 only 2.0 (p = 0.881) and 3.0 (p = 0.953) are predicted.
-    got = pair_prf(KNOWN_S, KNOWN_G, KNOWN_V, 0.7)
+    got = pair_prf(KNOWN_S, KNOWN_G, KNOWN_V, threshold=0.7)
     assert_close(tuple(got), tuple(map(scalar, (1 / 2, 1 / 3, 2 / 5, 1, 1, 2))))
 
 
@@ -558,7 +558,7 @@ def test_best_threshold_adjacent_confidences() -> None:
     got = best_threshold(s, g, v)
     assert_close(got.f1, scalar(1.0))
     assert float(p[1]) <= float(got.threshold) < float(p[0])
-    assert_close(pair_prf(s, g, v, got.threshold).f1, scalar(1.0))
+    assert_close(pair_prf(s, g, v, threshold=got.threshold).f1, scalar(1.0))
 
 
 def test_best_threshold_zero_confidence() -> None:
@@ -569,7 +569,7 @@ def test_best_threshold_zero_confidence() -> None:
     v = torch.ones_like(g)
     got = best_threshold(s, g, v)
     assert_close(got.f1, scalar(0.5))  # everything predicted: 2 * 1 / (3 + 1)
-    assert_close(pair_prf(s, g, v, got.threshold).f1, got.f1)
+    assert_close(pair_prf(s, g, v, threshold=got.threshold).f1, got.f1)
 
 
 def test_best_threshold_agrees_with_pair_prf_across_layouts() -> None:
@@ -591,7 +591,7 @@ def test_best_threshold_agrees_with_pair_prf_across_layouts() -> None:
             [y.repeat(16), x.reshape(1)]
         )  # the gold pair is last, the rest 1-5 ulps lower
         got = best_threshold(s, gold, valid)
-        assert_close(pair_prf(s, gold, valid, got.threshold).f1, got.f1, **EXACT)
+        assert_close(pair_prf(s, gold, valid, threshold=got.threshold).f1, got.f1, **EXACT)
 
 
 def test_confidence_gap_of_tied_logits_is_exactly_zero() -> None:
@@ -606,10 +606,10 @@ def test_confidence_gap_of_tied_logits_is_exactly_zero() -> None:
         gold[..., 0] = True
         valid = torch.ones_like(gold)
         for space in ("prob", "logit"):
-            gap = confidence_gap(s, gold, valid, space)
+            gap = confidence_gap(s, gold, valid, space=space)
             assert gap.mask[..., 0].all()
             assert (gap.gaps[gap.mask] == 0).all(), (b, n, m, space)
-            assert float(margin_violations(s, gold, valid, 0.0, space).violations) == 0.0
+            assert float(margin_violations(s, gold, valid, margin=0.0, space=space).violations) == 0.0
 
 
 def test_known_confidence_gap_and_violations() -> None:
@@ -655,7 +655,7 @@ def test_known_reliability_and_ece() -> None:
     )
     # Probability 1.0 goes to the last width bin, 0.0 to the first.
     s = torch.tensor([100.0, -100.0], dtype=F64)
-    rel = reliability_diagram(s, torch.tensor([True, False]), torch.tensor([True, True]), 4)
+    rel = reliability_diagram(s, torch.tensor([True, False]), torch.tensor([True, True]), n_bins=4)
     assert_close(rel.counts, torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=F64))
     assert_close(
         expected_calibration_error(s, torch.tensor([True, False]), torch.tensor([True, True])),

@@ -2,7 +2,7 @@
 expressions and the Python-loop references.
 
 ``pair_margin_loss`` and ``consistency_loss(divergence="kl")`` pick their implementation with
-``use_fused`` and a module-level ``_FUSED_MIN_NUMEL``; every test here forces one path or the
+``torch_pairconf._fused.applies`` and its ``MIN_NUMEL``; every test here forces one path or the
 other by monkeypatching that constant, so both stay covered whatever its value.
 """
 
@@ -18,13 +18,10 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-import torch_pairconf.consistency as consistency_mod
-import torch_pairconf.margin as margin_mod
 from tests.conftest import PairBatch, pair_batches
 from tests.torch_pairconf.test_consistency import divergence_reference
 from tests.torch_pairconf.test_margin import loop_reference
-from torch_pairconf import consistency_loss, mine_hard_negatives, pair_margin_loss
-from torch_pairconf._checks import use_fused
+from torch_pairconf import _fused, consistency_loss, mine_hard_negatives, pair_margin_loss
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
@@ -34,8 +31,7 @@ def path(fused: bool) -> Iterator[None]:
     """Force the fused (``True``) or the composite (``False``) implementation."""
     with pytest.MonkeyPatch.context() as mp:
         threshold = 1 if fused else sys.maxsize
-        mp.setattr(margin_mod, "_FUSED_MIN_NUMEL", threshold)
-        mp.setattr(consistency_mod, "_FUSED_MIN_NUMEL", threshold)
+        mp.setattr(_fused, "MIN_NUMEL", threshold)
         yield
 
 
@@ -57,7 +53,7 @@ def kl_run(
     a = clean.clone().requires_grad_()
     b = corrupted.clone().requires_grad_()
     with path(fused):
-        loss = consistency_loss(a, b, valid, "kl", **kwargs)  # type: ignore[arg-type]
+        loss = consistency_loss(a, b, valid, divergence="kl", **kwargs)  # type: ignore[arg-type]
     loss.backward()
     assert b.grad is not None
     return loss.detach(), b.grad, a.grad
@@ -123,7 +119,7 @@ def test_gate_selects_the_implementation() -> None:
                 for k in (1, 3)
                 for r in ("mean", "sum")
             }
-            kl = consistency_loss(scores.detach(), scores, valid, "kl").grad_fn
+            kl = consistency_loss(scores.detach(), scores, valid, divergence="kl").grad_fn
         if fused:
             assert names == {"_HingeK1Backward", "_HingeTopKBackward"}
             assert type(kl).__name__ == "_KLLossBackward"
@@ -131,21 +127,26 @@ def test_gate_selects_the_implementation() -> None:
             assert not any(n.startswith(("_Hinge", "_KL")) for n in names)
             assert not type(kl).__name__.startswith("_KL")
     # Shape and device facts only: CPU, at least one element, not under torch.compile.
-    assert use_fused(torch.zeros(1, 1, 1), 1)
-    assert not use_fused(torch.zeros(2, 3, 0), 1)
-    assert not use_fused(torch.zeros(2, 3, 3), 19)
-    assert not use_fused(torch.zeros(2, 3, 3, device="meta"), 1)
+    assert _fused.MIN_NUMEL == 1  # the shipped setting: every non-empty CPU input
+    assert _fused.applies(torch.zeros(1, 1, 1), "mean")
+    assert _fused.applies(torch.zeros(1, 1, 1), "sum")
+    assert not _fused.applies(torch.zeros(1, 1, 1), "none")
+    assert not _fused.applies(torch.zeros(2, 3, 0), "mean")
+    assert not _fused.applies(torch.zeros(2, 3, 3, device="meta"), "mean")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_fused, "MIN_NUMEL", 19)
+        assert not _fused.applies(torch.zeros(2, 3, 3), "mean")
 
 
 def test_compiling_probe_falls_back_before_torch_2_3(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch import _dynamo
 
-    from torch_pairconf import _checks
+    from torch_pairconf import _tracing
 
-    assert _checks._is_compiling_fn() is torch.compiler.is_compiling
+    assert _tracing._is_compiling_fn() is torch.compiler.is_compiling
     monkeypatch.delattr(torch.compiler, "is_compiling")
-    assert _checks._is_compiling_fn() is _dynamo.is_compiling
-    assert _checks.compiling() is False  # eager here
+    assert _tracing._is_compiling_fn() is _dynamo.is_compiling
+    assert _tracing.compiling() is False  # eager here
 
 
 # --------------------------------------------------------------------------- margin loss
@@ -208,7 +209,7 @@ def test_margin_fused_matches_composite_in_every_dtype(
 
 def test_margin_schedule_keeps_the_constant_cache_bounded() -> None:
     # A margin warm-up passes a new float every step; each must be used exactly, none kept forever.
-    from torch_pairconf import margin as margin_module
+    from torch_pairconf._fused import _common
 
     scores = torch.tensor([[[2.0, 1.5, -1.0]]])
     gold = torch.tensor([[[True, False, False]]])
@@ -216,19 +217,19 @@ def test_margin_schedule_keeps_the_constant_cache_bounded() -> None:
     for step in range(200):
         m = 0.5 + step / 100
         loss = pair_margin_loss(scores, gold, valid, margin=m, space="logit")
-        composite = pair_margin_loss(scores, gold, valid, m, space="logit", reduction="none")
+        composite = pair_margin_loss(scores, gold, valid, margin=m, space="logit", reduction="none")
         assert torch.equal(loss, composite.sum())  # one contributing pair: mean == sum
         torch.testing.assert_close(loss, torch.tensor(max(0.0, m - 0.5)))
-    assert len(margin_module._CONSTANTS) < 100  # far fewer than the 200 margins used
+    assert len(_common._CONSTANTS) < 100  # far fewer than the 200 margins used
 
 
 @given(pair_batches(), st.integers(1, 3), st.sampled_from(["prob", "logit"]))
 def test_margin_fused_forward_without_grad(batch: PairBatch, k: int, space: str) -> None:
     # Inputs without grad (or under no_grad) take the fused forward without the autograd.Function.
     with path(True):
-        plain = pair_margin_loss(batch.scores, batch.gold, batch.valid, 0.2, k, space)
+        plain = pair_margin_loss(batch.scores, batch.gold, batch.valid, margin=0.2, k=k, space=space)
         with torch.no_grad():
-            no_grad = pair_margin_loss(batch.scores.clone().requires_grad_(), batch.gold, batch.valid, 0.2, k, space)
+            no_grad = pair_margin_loss(batch.scores.clone().requires_grad_(), batch.gold, batch.valid, margin=0.2, k=k, space=space)
     with_grad, _ = margin_run(batch, True, margin=0.2, k=k, space=space)
     assert torch.equal(plain, with_grad) and torch.equal(no_grad, with_grad)
 
@@ -249,7 +250,7 @@ def test_margin_fused_gradcheck(space: str, k: int, temperature: float, reductio
     margin = 0.3 if space == "prob" else 2.0
     with path(True):
         assert torch.autograd.gradcheck(
-            lambda s: pair_margin_loss(s, gold, valid, margin, k, space, temperature, False, reduction),
+            lambda s: pair_margin_loss(s, gold, valid, margin=margin, k=k, space=space, temperature=temperature, detach_negatives=False, reduction=reduction),
             (scores,),
         )
 
@@ -403,7 +404,7 @@ def test_kl_fused_gradcheck(reduction: str) -> None:
     corrupted = torch.where(valid, corrupted, torch.nan).requires_grad_()
     with path(True):
         assert torch.autograd.gradcheck(
-            lambda a, b: consistency_loss(a, b, valid, "kl", detach_clean=False, reduction=reduction),
+            lambda a, b: consistency_loss(a, b, valid, divergence="kl", detach_clean=False, reduction=reduction),
             (clean, corrupted),
         )
 
@@ -429,8 +430,8 @@ def test_miner_k1_picks_the_first_of_tied_negatives() -> None:
     scores = torch.tensor([[[3.0, 1.0, 2.0, 2.0, 2.0], [0.0, 5.0, 5.0, 5.0, float("nan")]]])
     gold = torch.tensor([[[True, False, False, False, False], [False, True, False, False, False]]])
     valid = torch.tensor([[[True] * 5, [True, True, True, True, False]]])
-    neg = mine_hard_negatives(scores, gold, valid, 1)
+    neg = mine_hard_negatives(scores, gold, valid, k=1)
     assert neg.indices.tolist() == [[[2], [2]]]
     assert neg.values.tolist() == [[[2.0], [5.0]]] and neg.mask.all()
     for k in (2, 3):
-        assert mine_hard_negatives(scores, gold, valid, k).values[..., 0].tolist() == [[2.0, 5.0]]
+        assert mine_hard_negatives(scores, gold, valid, k=k).values[..., 0].tolist() == [[2.0, 5.0]]

@@ -36,16 +36,17 @@ def loop_reference(batch: PairBatch, k: int, temperature: float, margin: float) 
 @given(pair_batches(), st.integers(1, 4), st.sampled_from([1.0, 0.5, 4.0]), st.sampled_from([0.0, 1.0]))
 def test_matches_loop_reference(batch: PairBatch, k: int, temperature: float, margin: float) -> None:
     ref, count = loop_reference(batch, k, temperature, margin)
-    args = (batch.scores, batch.gold, batch.valid, k, temperature, margin)
-    torch.testing.assert_close(pair_listwise_loss(*args, reduction="none"), ref, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(pair_listwise_loss(*args, reduction="sum"), ref.sum())
-    torch.testing.assert_close(pair_listwise_loss(*args), ref.sum() / max(count, 1))
+    args = (batch.scores, batch.gold, batch.valid)
+    kw = {"k": k, "temperature": temperature, "margin": margin}
+    torch.testing.assert_close(pair_listwise_loss(*args, **kw, reduction="none"), ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(pair_listwise_loss(*args, **kw, reduction="sum"), ref.sum())
+    torch.testing.assert_close(pair_listwise_loss(*args, **kw), ref.sum() / max(count, 1))
 
 
 @given(pair_batches(), st.integers(1, 3), st.booleans())
 def test_finite_gradients_only_on_gold_and_negatives(batch: PairBatch, k: int, detach: bool) -> None:
     scores = batch.scores.clone().requires_grad_()
-    loss = pair_listwise_loss(scores, batch.gold, batch.valid, k, detach_negatives=detach)
+    loss = pair_listwise_loss(scores, batch.gold, batch.valid, k=k, detach_negatives=detach)
     loss.backward()
     assert scores.grad is not None
     assert torch.isfinite(loss) and loss >= 0 and torch.isfinite(scores.grad).all()
@@ -59,11 +60,11 @@ def test_gradcheck_and_module() -> None:
     scores = torch.randn(2, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
     gold = torch.rand(2, 4, 5, generator=g) < 0.3
     valid = torch.rand(2, 4, 5, generator=g) < 0.9
-    assert torch.autograd.gradcheck(lambda s: pair_listwise_loss(s, gold, valid, 3, 2.0, 0.5), (scores,))
+    assert torch.autograd.gradcheck(lambda s: pair_listwise_loss(s, gold, valid, k=3, temperature=2.0, margin=0.5), (scores,))
     s = scores.detach()
-    assert torch.equal(PairListwiseLoss(k=2, margin=0.5)(s, gold, valid), pair_listwise_loss(s, gold, valid, 2, margin=0.5))
+    assert torch.equal(PairListwiseLoss(k=2, margin=0.5)(s, gold, valid), pair_listwise_loss(s, gold, valid, k=2, margin=0.5))
     rpcl = RPCLoss(ranking="softmax", margin_weight=1.0, consistency_weight=0.0, k=2, margin=0.5, detach_negatives=False)
-    torch.testing.assert_close(rpcl(s, gold, valid), pair_listwise_loss(s, gold, valid, 2, margin=0.5))
+    torch.testing.assert_close(rpcl(s, gold, valid), pair_listwise_loss(s, gold, valid, k=2, margin=0.5))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])

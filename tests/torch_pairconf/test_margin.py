@@ -55,19 +55,20 @@ def loop_reference(
 )
 def test_matches_loop_reference(batch: PairBatch, margin: float, k: int, space: str, temperature: float) -> None:
     ref, count = loop_reference(batch, margin, k, space, temperature)
-    args = (batch.scores, batch.gold, batch.valid, margin, k, space, temperature)
-    none = pair_margin_loss(*args, reduction="none")
+    args = (batch.scores, batch.gold, batch.valid)
+    kw = {"margin": margin, "k": k, "space": space, "temperature": temperature}
+    none = pair_margin_loss(*args, **kw, reduction="none")
     torch.testing.assert_close(none, torch.tensor(ref, dtype=torch.float64), rtol=1e-9, atol=1e-9)
     total = sum(v for plane in ref for row in plane for v in row)
-    torch.testing.assert_close(pair_margin_loss(*args, reduction="sum"), torch.tensor(total, dtype=torch.float64))
+    torch.testing.assert_close(pair_margin_loss(*args, **kw, reduction="sum"), torch.tensor(total, dtype=torch.float64))
     mean = total / count if count else 0.0
-    torch.testing.assert_close(pair_margin_loss(*args, reduction="mean"), torch.tensor(mean, dtype=torch.float64))
+    torch.testing.assert_close(pair_margin_loss(*args, **kw, reduction="mean"), torch.tensor(mean, dtype=torch.float64))
 
 
 @given(pair_batches(), st.integers(1, 3), st.sampled_from(["prob", "logit"]), st.booleans())
 def test_finite_values_and_gradients(batch: PairBatch, k: int, space: str, detach: bool) -> None:
     scores = batch.scores.clone().requires_grad_()
-    loss = pair_margin_loss(scores, batch.gold, batch.valid, 0.3, k, space, detach_negatives=detach)
+    loss = pair_margin_loss(scores, batch.gold, batch.valid, margin=0.3, k=k, space=space, detach_negatives=detach)
     assert loss.requires_grad
     loss.backward()
     assert scores.grad is not None
@@ -79,7 +80,7 @@ def test_finite_values_and_gradients(batch: PairBatch, k: int, space: str, detac
 @given(pair_batches(extreme=False), st.integers(1, 3), st.booleans())
 def test_gradient_reaches_only_gold_and_selected_negatives(batch: PairBatch, k: int, detach: bool) -> None:
     scores = batch.scores.clone().requires_grad_()
-    pair_margin_loss(scores, batch.gold, batch.valid, 0.5, k, "logit", detach_negatives=detach).backward()
+    pair_margin_loss(scores, batch.gold, batch.valid, margin=0.5, k=k, space="logit", detach_negatives=detach).backward()
     assert scores.grad is not None
     allowed = batch.gold & batch.valid
     if not detach:
@@ -101,23 +102,23 @@ def test_gradient_reaches_only_gold_and_selected_negatives(batch: PairBatch, k: 
 @given(pair_batches(poison=False), st.sampled_from(["prob", "logit"]))
 def test_invariant_to_values_at_masked_positions(batch: PairBatch, space: str) -> None:
     other = torch.where(batch.valid, batch.scores, torch.full_like(batch.scores, float("nan")))
-    a = pair_margin_loss(batch.scores, batch.gold, batch.valid, 0.2, 2, space, reduction="none")
-    b = pair_margin_loss(other, batch.gold, batch.valid, 0.2, 2, space, reduction="none")
+    a = pair_margin_loss(batch.scores, batch.gold, batch.valid, margin=0.2, k=2, space=space, reduction="none")
+    b = pair_margin_loss(other, batch.gold, batch.valid, margin=0.2, k=2, space=space, reduction="none")
     assert torch.equal(a, b)
 
 
 @given(pair_batches(), st.integers(0, 2**31 - 1))
 def test_invariant_to_permuting_columns(batch: PairBatch, seed: int) -> None:
     perm = torch.randperm(batch.scores.shape[-1], generator=torch.Generator().manual_seed(seed))
-    a = pair_margin_loss(batch.scores, batch.gold, batch.valid, 0.2, 2, reduction="none")
-    b = pair_margin_loss(batch.scores[..., perm], batch.gold[..., perm], batch.valid[..., perm], 0.2, 2, reduction="none")
+    a = pair_margin_loss(batch.scores, batch.gold, batch.valid, margin=0.2, k=2, reduction="none")
+    b = pair_margin_loss(batch.scores[..., perm], batch.gold[..., perm], batch.valid[..., perm], margin=0.2, k=2, reduction="none")
     torch.testing.assert_close(a[..., perm], b)
 
 
 @given(pair_batches(), st.sampled_from([0.0, 0.1, 0.4]), st.sampled_from(["prob", "logit"]))
 def test_zero_exactly_when_all_gold_clear_the_margin(batch: PairBatch, margin: float, space: str) -> None:
     ref, _ = loop_reference(batch, margin, 1, space, 1.0)
-    loss = pair_margin_loss(batch.scores, batch.gold, batch.valid, margin, 1, space, reduction="sum")
+    loss = pair_margin_loss(batch.scores, batch.gold, batch.valid, margin=margin, k=1, space=space, reduction="sum")
     all_clear = all(v == 0 for plane in ref for row in plane for v in row)
     assert bool(loss == 0) == all_clear
 
@@ -128,9 +129,9 @@ def test_known_value_and_multi_positive_rows() -> None:
     scores = torch.tensor([[[2.0, 0.5, 1.0, -3.0]]])
     gold = torch.tensor([[[True, True, False, False]]])
     valid = torch.ones_like(gold)
-    assert float(pair_margin_loss(scores, gold, valid, 1.0, space="logit")) == pytest.approx(0.75)
+    assert float(pair_margin_loss(scores, gold, valid, margin=1.0, space="logit")) == pytest.approx(0.75)
     # k=2 averages over 1.0 and -3.0: gold 2.0 -> (0 + 0)/2, gold 0.5 -> (1.5 + 0)/2
-    assert float(pair_margin_loss(scores, gold, valid, 1.0, k=2, space="logit")) == pytest.approx(0.375)
+    assert float(pair_margin_loss(scores, gold, valid, margin=1.0, k=2, space="logit")) == pytest.approx(0.375)
 
 
 def test_rows_without_gold_or_negative_give_attached_zero() -> None:
@@ -155,7 +156,7 @@ def test_gradcheck(space: str, k: int) -> None:
     gold = torch.rand(2, 4, 5, generator=g) < 0.3
     valid = torch.rand(2, 4, 5, generator=g) < 0.9
     assert torch.autograd.gradcheck(
-        lambda s: pair_margin_loss(s, gold, valid, 0.3 if space == "prob" else 2.0, k, space), (scores,)
+        lambda s: pair_margin_loss(s, gold, valid, margin=0.3 if space == "prob" else 2.0, k=k, space=space), (scores,)
     )
 
 
@@ -165,8 +166,8 @@ def test_low_precision_close_to_float64(dtype: torch.dtype) -> None:
     scores = torch.randn(4, 8, 8, generator=g)
     gold = torch.rand(4, 8, 8, generator=g) < 0.2
     valid = torch.rand(4, 8, 8, generator=g) < 0.9
-    ref = pair_margin_loss(scores.double(), gold, valid, 0.2)
-    low = pair_margin_loss(scores.to(dtype), gold, valid, 0.2)
+    ref = pair_margin_loss(scores.double(), gold, valid, margin=0.2)
+    low = pair_margin_loss(scores.to(dtype), gold, valid, margin=0.2)
     assert low.dtype == dtype
     assert abs(float(low) - float(ref)) < (2e-2 if dtype != torch.float32 else 1e-6)
 
@@ -185,7 +186,7 @@ def test_detach_negatives_only_pushes_gold() -> None:
     scores = torch.tensor([[[0.0, 0.1, -1.0]]], requires_grad=True)
     gold = torch.tensor([[[True, False, False]]])
     valid = torch.ones_like(gold)
-    pair_margin_loss(scores, gold, valid, 0.2, detach_negatives=True).backward()
+    pair_margin_loss(scores, gold, valid, margin=0.2, detach_negatives=True).backward()
     assert scores.grad is not None
     assert scores.grad[0, 0, 0] < 0 and scores.grad[0, 0, 1:].eq(0).all()
 

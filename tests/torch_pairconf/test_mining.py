@@ -29,7 +29,7 @@ def loop_reference(batch: PairBatch, k: int) -> list[list[list[float]]]:
 
 @given(pair_batches(), st.integers(1, 8))
 def test_matches_loop_reference(batch: PairBatch, k: int) -> None:
-    res = mine_hard_negatives(batch.scores, batch.gold, batch.valid, k)
+    res = mine_hard_negatives(batch.scores, batch.gold, batch.valid, k=k)
     ref = loop_reference(batch, k)
     assert res.values.shape == res.indices.shape == res.mask.shape == (*batch.scores.shape[:2], k)
     negative = batch.valid & ~batch.gold
@@ -50,7 +50,7 @@ def test_matches_loop_reference(batch: PairBatch, k: int) -> None:
 @given(pair_batches(extreme=False))
 def test_gradient_reaches_only_selected_negatives(batch: PairBatch) -> None:
     scores = batch.scores.clone().requires_grad_()
-    res = mine_hard_negatives(scores, batch.gold, batch.valid, 2)
+    res = mine_hard_negatives(scores, batch.gold, batch.valid, k=2)
     res.values.sum().backward()
     assert scores.grad is not None
     expected = torch.zeros_like(scores)

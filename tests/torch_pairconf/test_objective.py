@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_pairconf import RPCLoss, consistency_loss, corrupt_submodule, pair_margin_loss
+from torch_pairconf import Replay, RPCLoss, consistency_loss, corrupt_submodule, pair_margin_loss
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -30,6 +30,19 @@ class PairModel(nn.Module):
         h = out[0] if isinstance(out, tuple) else out
         self.seen_h.append(h)  # what the pair scorer received (after any corruption hook)
         return h @ self.bilinear @ h.transpose(-1, -2)  # (B, N, N) pair logits
+
+
+class InputSpy(nn.Module):
+    """Wraps an encoder and records the input its forward receives (after any corruption)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> Any:
+        self.inputs.append(x)
+        return self.inner(x)
 
 
 def _batch(b: int = 3, n: int = 5, d: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -65,13 +78,15 @@ def test_readme_two_line_integration_runs_as_written() -> None:
     exec(compile(snippet, str(README), "exec"), namespace)
     assert torch.isfinite(namespace["loss"])
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    # the only hook left is the output-replay hook, and it goes with the loss
+    # the loss keeps recording hooks (nothing in them between steps), and they go with the loss
+    assert [type(h).__name__ for h in model.encoder._forward_hooks.values()] == ["_OutputHook"]
     assert not model.encoder._forward_pre_hooks
-    assert [type(h).__name__ for h in model.encoder._forward_hooks.values()] == ["_OutputStash"]
-    assert namespace["rpcl"].last_replayed
+    assert model.proj._forward_hooks and model.proj._forward_pre_hooks  # upstream of the encoder
+    assert namespace["rpcl"].last_replayed is Replay.UPSTREAM
+    assert namespace["rpcl"]._recording.target_output is None and not namespace["rpcl"]._recording.calls
     del namespace["rpcl"]
     gc.collect()
-    assert not model.encoder._forward_hooks
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     # without the two lines the snippet is a plain trainer and still runs
     plain = "\n".join(line for line in snippet.splitlines() if "# + RPCL" not in line)
     namespace["model"] = PairModel()
@@ -86,8 +101,8 @@ def test_terms_equal_the_library_functions() -> None:
     corrupted = scores + 0.3 * torch.randn_like(scores)
     rpcl = RPCLoss(margin_weight=0.7, consistency_weight=2.0, margin=0.1, k=2, divergence="js")
     total = rpcl(scores, batch["gold"], batch["valid"], corrupted_scores=corrupted)
-    m = pair_margin_loss(scores, batch["gold"], batch["valid"], 0.1, 2, detach_negatives=True)
-    c = consistency_loss(scores, corrupted, batch["valid"], "js")
+    m = pair_margin_loss(scores, batch["gold"], batch["valid"], margin=0.1, k=2, detach_negatives=True)
+    c = consistency_loss(scores, corrupted, batch["valid"], divergence="js")
     torch.testing.assert_close(total, 0.7 * m + 2.0 * c)
     torch.testing.assert_close(rpcl.last["margin"], m.detach())
     torch.testing.assert_close(rpcl.last["consistency"], c.detach())
@@ -110,20 +125,16 @@ def test_margin_only_needs_no_second_pass() -> None:
 def test_rerun_corrupts_only_non_gold_context(where: str, lstm: bool, reuse: bool) -> None:
     torch.manual_seed(0)
     batch = _batch(b=4, n=6)
-    model = PairModel(lstm=lstm).eval()
-    seen: list[torch.Tensor] = []
-
-    def spy(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        seen.append(args[0])  # forward hooks receive the inputs as modified by pre-hooks
-
-    handle = model.encoder.register_forward_hook(spy)
+    model = PairModel(lstm=lstm)  # training mode: the clean forward is recorded (no dropout here)
+    model.encoder = InputSpy(model.encoder)  # records what the encoder's own forward receives
+    seen = model.encoder.inputs
     rpcl = RPCLoss(model.encoder, where=where, margin_weight=0.0, consistency_weight=1.0, p=1.0,
                    reuse_output=reuse, generator=torch.Generator().manual_seed(0))
     clean = model(batch["x"])
     loss = rpcl(clean, batch["gold"], batch["valid"], rerun=lambda: model(batch["x"]))
-    handle.remove()
     rpcl.remove_hooks()
-    assert rpcl.last_replayed == (where == "output" and reuse)
+    assert bool(rpcl.last_replayed) == (where == "output" and reuse)
+    assert rpcl.last_replayed in ((Replay.OUTPUT,) if where == "output" and reuse else (Replay.NONE,))
     assert loss > 0 and loss.requires_grad
     a, b = (seen[0], seen[1]) if where == "input" else (model.seen_h[0], model.seen_h[1])
     real = batch["valid"].any(-1)
@@ -137,13 +148,17 @@ def test_rerun_corrupts_only_non_gold_context(where: str, lstm: bool, reuse: boo
         hit = real & ~protect
         assert b[hit].eq(0).all() and torch.equal(b[~hit], a[~hit])
     assert not model.encoder._forward_pre_hooks and not model.encoder._forward_hooks
+    assert "forward" not in vars(model.encoder)
 
 
-def test_hook_removed_when_forward_raises() -> None:
+def test_corrupt_submodule_restores_the_forward_when_the_block_raises() -> None:
     model = PairModel()
-    with pytest.raises(RuntimeError, match="boom"), corrupt_submodule(model.encoder, lambda t: t):
+    x = _batch()["x"]
+    with pytest.raises(RuntimeError, match="boom"), corrupt_submodule(model.encoder, lambda t: t * 0, "output"):
+        assert model(x).eq(0).all()  # inside the block the encoder's output is mapped
         raise RuntimeError("boom")
-    assert not model.encoder._forward_pre_hooks
+    assert "forward" not in vars(model.encoder)
+    assert not model(x).eq(0).all()
 
 
 def test_probabilities_are_accepted() -> None:
@@ -188,7 +203,7 @@ def test_errors() -> None:
         RPCLoss(margin_weight=-1.0)
     with pytest.raises(ValueError, match="scores_are must be one of"):
         RPCLoss(scores_are="odds")
-    with pytest.raises(TypeError, match="cannot take pair scores"):
+    with pytest.raises(TypeError, match=r"not the \(B, N, M\) pair-logit tensor.*scores_fn"):
         RPCLoss(model.encoder, consistency_weight=1.0)(
             scores, batch["gold"], batch["valid"], rerun=lambda: {"scores": model(batch["x"])}
         )
@@ -202,7 +217,8 @@ def test_loss_module_does_not_own_the_model() -> None:
     model = PairModel()
     rpcl = RPCLoss(model.encoder)
     assert not any(n.startswith("_corrupt") for n, _ in rpcl.named_parameters())
-    assert set(rpcl.state_dict()) == {"step"}
+    assert set(rpcl.state_dict()) == {"step", "corruption._extra_state"}
+    assert rpcl.state_dict()["corruption._extra_state"] == {}  # no per-rank generator outside DDP
 
 
 class CountingLSTM(nn.Module):
@@ -255,7 +271,7 @@ def test_output_replay_equals_recomputing_and_runs_the_context_once() -> None:
 def test_output_replay_falls_back_when_the_context_ran_twice() -> None:
     r_twice, m_twice, l_twice, g_twice = _step(reuse=True, twice=True)
     _, _, l_ref, g_ref = _step(reuse=False, twice=True)
-    assert not r_twice.last_replayed
+    assert r_twice.last_replayed is Replay.NONE
     assert isinstance(m_twice.encoder, CountingLSTM) and m_twice.encoder.runs == 4  # 2 clean + 2 rerun
     torch.testing.assert_close(l_twice, l_ref)
     for a, b in zip(g_twice, g_ref, strict=True):
