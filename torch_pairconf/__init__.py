@@ -28,26 +28,46 @@ from .masks import (
 )
 from .mining import HardNegatives, mine_hard_negatives
 from .objective import RPCLoss, corrupt_submodule, utterance_mask
+from .stability import (
+    ConfidenceChange,
+    FlipRate,
+    GapChange,
+    RankStability,
+    Stability,
+    confidence_change,
+    decision_flips,
+    gap_change,
+    pair_stability,
+    rank_stability,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfidenceChange",
     "ConsistencyLoss",
     "ContextCorruption",
+    "FlipRate",
+    "GapChange",
     "HardNegatives",
     "PairListwiseLoss",
     "PairMarginLoss",
     "PairMasks",
     "RPCLoss",
+    "RankStability",
+    "Stability",
     "__version__",
     "bernoulli_kl",
     "best_threshold",
+    "confidence_change",
     "confidence_gap",
     "consistency_loss",
     "context_corruption",
     "corrupt_submodule",
+    "decision_flips",
     "dense_from_candidates",
     "expected_calibration_error",
+    "gap_change",
     "gold_utterances",
     "margin_violations",
     "mine_hard_negatives",
@@ -56,6 +76,8 @@ __all__ = [
     "pair_margin_loss",
     "pair_masks",
     "pair_prf",
+    "pair_stability",
+    "rank_stability",
     "reliability_diagram",
     "row_ranking",
     "two_class_to_logit",
