@@ -131,8 +131,9 @@ def fetch_dataset(
             manual_instructions(src, folder)
             or f"{src.name}: no file of this dataset can be downloaded automatically"
         )
-    for remote in src.files:
-        if remote.required or include_optional:
+    wanted = [remote for remote in src.files if remote.required or include_optional]
+    for remote in wanted:
+        try:
             fetch_file(
                 file_url(src, remote.path, base_url),
                 folder / remote.name,
@@ -140,6 +141,16 @@ def fetch_dataset(
                 size=remote.size,
                 **fetch_kwargs,
             )
+        except DownloadError as exc:
+            # Say what the whole dataset needs, not only the file that failed.
+            names = ", ".join(r.name for r in wanted)
+            raise DownloadError(
+                f"{exc}. {src.name} needs {names} in {folder}, or a copy given with "
+                f"--data-dir DIR / ${ENV_DATA_DIR}",
+                name=exc.name,
+                url=exc.url,
+                path=exc.path,
+            ) from exc
     return folder
 
 

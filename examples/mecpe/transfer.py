@@ -196,7 +196,7 @@ def _locked_part(part: Path, fail: Callable[[str], DownloadError]) -> Iterator[I
 def _os_problem(path: Path, exc: OSError) -> str:
     """A file-system error as advice."""
     reason = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return (
             f"cannot write {path}: {reason}; free some space or choose another folder "
             f"(--to DIR or MECPE_CACHE_DIR)"
@@ -213,7 +213,7 @@ def _network_problem(exc: BaseException) -> tuple[str, bool]:
         return f"cannot resolve the host ({reason.strerror}); you seem to be offline", False
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused", False
-    if isinstance(reason, (TimeoutError, socket.timeout)):
+    if isinstance(reason, TimeoutError):  # socket.timeout is an alias since 3.10
         return "timed out", True
     if isinstance(reason, ssl.SSLError):
         return f"TLS error ({reason})", False
@@ -269,10 +269,10 @@ def _transfer(
         reason, transient = _network_problem(exc)
         raise (_Transient(reason) if transient else _Fatal(reason)) from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason, transient = _network_problem(exc)
-        if reason == "timed out":
+        if isinstance(getattr(exc, "reason", exc), TimeoutError):
             # No answer at all (a dead network or server): retrying would only prolong it.
             raise _Fatal("no answer from the server (timed out)") from exc
+        reason, transient = _network_problem(exc)
         raise (_Transient(reason) if transient else _Fatal(reason)) from exc
     with response:
         if have and not (

@@ -682,6 +682,10 @@ def test_run_ecf_sh_fails_in_seconds_offline(closed_port: int, tmp_path: Path) -
     assert proc.returncode == 2
     assert "train.txt" in proc.stderr and "connection refused" in proc.stderr
     assert "download it by hand to" in proc.stderr
+    assert f"ecf needs train.txt, dev.txt, test.txt, video_id_mapping.npy in {tmp_path}" in (
+        proc.stderr
+    )
+    assert "$MECPE_DATA_DIR" in proc.stderr
 
 
 def test_run_ecf_sh_rejects_an_explicit_folder_without_ecf(tmp_path: Path) -> None:
