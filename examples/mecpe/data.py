@@ -33,7 +33,11 @@ __all__ = [
     "load_ecf",
     "load_mec4",
     "load_mecad",
+    "load_semeval",
+    "load_semeval_split",
     "load_split",
+    "semeval_split_path",
+    "split_by_ids",
     "summarize",
 ]
 
@@ -573,6 +577,272 @@ def load_mec4(path: PathLike) -> list[Conversation]:
     conversations = [_mec4_row(row, i, path) for i, row in enumerate(data)]
     _check_file_ids(conversations, path)
     return conversations
+
+
+# ------------------------------------------------------------ SemEval-2024 Task 3 (ECF 2.0)
+
+SEMEVAL_EMOTION_FIELD = "emotion-cause_pairs"
+_SEMEVAL_EMOTION_REF = re.compile(r"^\s*(\d+)_(\S+)\s*$")
+_SEMEVAL_CAUSE_REF = re.compile(r"^\s*(\d+)(?:_(.*))?$", re.DOTALL)
+
+
+def _squash(text: str) -> str:
+    """Collapse whitespace runs, so spans match texts despite spacing differences."""
+    return " ".join(text.split())
+
+
+def _semeval_id(value: object, path: PathLike, where: str, field: str) -> int:
+    """A positive integer id (int or digit string)."""
+    number = _as_int(value)
+    if number is None or number < 1:
+        raise _error(path, where, field, f"expected a positive integer id, got {value!r}")
+    return number
+
+
+def _semeval_utterances(
+    conv_id: str, utts: object, path: PathLike, where: str
+) -> tuple[list[str], list[str], list[int], list[str]]:
+    """(speakers, texts, emotions, feature keys) of a ``conversation`` list."""
+    if not isinstance(utts, list) or not utts:
+        raise _error(path, where, "conversation", "expected a non-empty list of utterances")
+    speakers: list[str] = []
+    texts: list[str] = []
+    emotions: list[int] = []
+    keys: list[str] = []
+    video_names: list[bool] = []
+    for pos, utt in enumerate(utts, start=1):
+        uwhere = f"{where} utterance {pos}"
+        if not isinstance(utt, dict):
+            raise _error(path, uwhere, "utterance", f"expected an object, got {type(utt).__name__}")
+        if _as_int(utt.get("utterance_ID")) != pos:
+            raise _error(
+                path,
+                uwhere,
+                "utterance_ID",
+                f"expected {pos} (ids run 1, 2, ... in order), got {utt.get('utterance_ID')!r}",
+            )
+        speakers.append(_require_str(utt, "speaker", path, uwhere))
+        texts.append(_require_str(utt, "text", path, uwhere))
+        emotions.append(_parse_emotion(utt.get("emotion"), path, uwhere, "emotion"))
+        has_video = "video_name" in utt
+        video_names.append(has_video)
+        if has_video:
+            stem, _ = os.path.splitext(_require_str(utt, "video_name", path, uwhere))
+            keys.append(stem)
+        else:
+            keys.append(f"dia{conv_id}utt{pos}")
+    if any(video_names) and not all(video_names):
+        first_missing = video_names.index(False) + 1
+        raise _error(
+            path,
+            f"{where} utterance {first_missing}",
+            "video_name",
+            "missing here but present on other utterances of the conversation",
+        )
+    return speakers, texts, emotions, keys
+
+
+def _semeval_pair(
+    pair: object,
+    texts: Sequence[str],
+    emotions: Sequence[int],
+    path: PathLike,
+    where: str,
+    check_spans: bool,
+) -> tuple[int, int]:
+    """``["3_joy", "2"]`` or ``["3_joy", "2_cause span"]`` -> (3, 2), validated."""
+    field = SEMEVAL_EMOTION_FIELD
+    n_utt = len(texts)
+    if (
+        not isinstance(pair, list)
+        or len(pair) != 2
+        or not all(isinstance(part, str) for part in pair)
+    ):
+        raise _error(
+            path, where, field, f"expected ['<utt>_<emotion>', '<utt>[_span]'], got {pair!r}"
+        )
+    emo_ref, cause_ref = pair
+    emo_match = _SEMEVAL_EMOTION_REF.match(emo_ref)
+    if emo_match is None:
+        raise _error(path, where, field, f"expected '<utt>_<emotion>', got {emo_ref!r}")
+    emo = int(emo_match.group(1))
+    if not 1 <= emo <= n_utt:
+        raise _error(path, where, field, f"{emo_ref!r} names utterance {emo}, not in 1..{n_utt}")
+    label = _parse_emotion(emo_match.group(2), path, where, field)
+    if label != emotions[emo - 1]:
+        raise _error(
+            path,
+            where,
+            field,
+            f"{emo_ref!r} disagrees with utterance {emo}'s emotion {EMOTIONS[emotions[emo - 1]]!r}",
+        )
+    if label == 0:
+        raise _error(path, where, field, f"{emo_ref!r}: a neutral utterance has no cause")
+    cause_match = _SEMEVAL_CAUSE_REF.match(cause_ref)
+    if cause_match is None:
+        raise _error(path, where, field, f"expected '<utt>' or '<utt>_<span>', got {cause_ref!r}")
+    cause = int(cause_match.group(1))
+    if not 1 <= cause <= n_utt:
+        raise _error(
+            path, where, field, f"{cause_ref!r} names utterance {cause}, not in 1..{n_utt}"
+        )
+    span = cause_match.group(2)
+    if span is not None:
+        if not span.strip():
+            raise _error(path, where, field, f"{cause_ref!r}: empty cause span")
+        if check_spans and _squash(span) not in _squash(texts[cause - 1]):
+            raise _error(
+                path,
+                where,
+                field,
+                f"cause span {span!r} is not in utterance {cause}'s text {texts[cause - 1]!r}",
+            )
+    return emo, cause
+
+
+def _semeval_record(record: object, index: int, path: PathLike, check_spans: bool) -> Conversation:
+    """Parse one conversation object."""
+    where = f"record {index}"
+    if not isinstance(record, dict):
+        raise _error(path, where, "<record>", f"expected an object, got {type(record).__name__}")
+    conv_id = str(_semeval_id(record.get("conversation_ID"), path, where, "conversation_ID"))
+    where = f"record {index} (conversation_ID {conv_id})"
+    speakers, texts, emotions, keys = _semeval_utterances(
+        conv_id, record.get("conversation"), path, where
+    )
+    raw_pairs = record.get(SEMEVAL_EMOTION_FIELD)
+    if not isinstance(raw_pairs, list):
+        raise _error(
+            path, where, SEMEVAL_EMOTION_FIELD, f"expected a list of pairs, got {raw_pairs!r}"
+        )
+    pairs = [
+        _semeval_pair(pair, texts, emotions, path, f"{where} pair {k}", check_spans)
+        for k, pair in enumerate(raw_pairs, start=1)
+    ]
+    return _make_conversation(
+        conv_id,
+        speakers,
+        texts,
+        emotions,
+        pairs,
+        keys,
+        path=path,
+        where=where,
+        pairs_field=SEMEVAL_EMOTION_FIELD,
+    )
+
+
+def load_semeval(path: PathLike, *, check_spans: bool = True) -> list[Conversation]:
+    """Load a SemEval-2024 Task 3 (ECF 2.0) file, e.g. ``Subtask_2_train.json``.
+
+    The file is a JSON list of ``{"conversation_ID", "conversation": [{"utterance_ID",
+    "text", "speaker", "emotion", "video_name"?, ...}], "emotion-cause_pairs"}``; a pair is
+    ``["3_joy", "2"]`` (Subtask 2) or ``["3_joy", "2_cause span"]`` (Subtask 1). Pairs are
+    utterance-level, so several spans of one cause utterance give one ``(3, 2)`` pair.
+    Feature keys are ``video_name`` without its extension (``dia12utt3.mp4`` ->
+    ``dia12utt3``), else ``dia{conversation_ID}utt{utterance_ID}`` (the ECF 1.0 keys).
+
+    Errors (:class:`DataFormatError`, naming the file, record and field): a missing field or
+    one of the wrong type; ``utterance_ID`` that is not ``1, 2, ...`` in order (duplicates,
+    gaps); an unknown emotion; a pair naming an utterance outside the conversation; a pair
+    whose emotion disagrees with that utterance's ``emotion``, or names a neutral utterance;
+    a cause span that is empty or (with ``check_spans``, compared with whitespace runs
+    collapsed) not part of the cause utterance's text; ``video_name`` on some utterances of a
+    conversation but not all; duplicate conversation ids or feature keys. Other fields
+    (``video_source``, ...) are ignored.
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> rec = {"conversation_ID": 7, "emotion-cause_pairs": [["2_joy", "1_good news"]],
+        ...        "conversation": [
+        ...            {"utterance_ID": 1, "text": "I have good news .", "speaker": "A",
+        ...             "emotion": "neutral"},
+        ...            {"utterance_ID": 2, "text": "Great !", "speaker": "B", "emotion": "joy"}]}
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "Subtask_1_train.json"
+        >>> _ = f.write_text(json.dumps([rec]))
+        >>> [(c.conv_id, c.pairs, c.feature_keys) for c in load_semeval(f)]
+        [('7', ((2, 1),), ('dia7utt1', 'dia7utt2'))]
+    """
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise _error(path, "file", "<root>", "expected a list of conversations")
+    conversations = [_semeval_record(record, i, path, check_spans) for i, record in enumerate(data)]
+    _check_file_ids(conversations, path)
+    return conversations
+
+
+SEMEVAL_SPLIT_FILES: dict[str, str] = {
+    "train": "Subtask_{k}_train.json",
+    "test": "Subtask_{k}_test.json",
+}
+
+
+def semeval_split_path(data_dir: PathLike, split: str, *, subtask: int = 2) -> Path:
+    """``Subtask_<k>_train.json`` / ``Subtask_<k>_test.json`` (the names SemEval released).
+
+    There is no official dev split: :func:`load_semeval_split` holds out conversations of the
+    train file, so ``split="dev"`` (or ``"valid"``) maps to the train file here.
+    """
+    if subtask not in (1, 2):
+        raise ValueError(f"unknown subtask {subtask!r}; expected 1 or 2")
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of train, dev, test")
+    name = SEMEVAL_SPLIT_FILES["test" if _SPLITS[split] == "test" else "train"]
+    return Path(data_dir) / name.format(k=subtask)
+
+
+def split_by_ids(
+    conversations: Sequence[Conversation], ids: Iterable[str], *, path: PathLike
+) -> tuple[list[Conversation], list[Conversation]]:
+    """``(held_out, rest)``: the conversations whose id is in ``ids``, and the others.
+
+    Every id must name a conversation of ``path`` (else :class:`DataFormatError`): a typo
+    never silently shrinks the held-out split. Order follows the file.
+    """
+    wanted = set(ids)
+    present = {conv.conv_id for conv in conversations}
+    unknown = sorted(wanted - present, key=lambda s: (len(s), s))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise _error(path, "file", "conversation_ID", f"held-out ids not in the file: {shown}")
+    held = [conv for conv in conversations if conv.conv_id in wanted]
+    rest = [conv for conv in conversations if conv.conv_id not in wanted]
+    return held, rest
+
+
+def load_semeval_split(
+    data_dir: PathLike,
+    split: str,
+    *,
+    dev_ids: Iterable[str] | None = None,
+    subtask: int = 2,
+    check_spans: bool = True,
+) -> list[Conversation]:
+    """One split of SemEval-2024 Task 3 (ECF 2.0) from ``data_dir``.
+
+    ``test`` is ``Subtask_<k>_test.json``. ``dev`` is the conversations of
+    ``Subtask_<k>_train.json`` whose id is in ``dev_ids`` and ``train`` is the rest (all of it
+    when ``dev_ids`` is None). The suggested ``dev_ids`` are ECF 1.0's dev conversations
+    (``[c.conv_id for c in load_ecf("<ecf>/dev.txt")]``): ECF 2.0's training data is all of
+    ECF 1.0, with the same conversation ids.
+    """
+    path = semeval_split_path(data_dir, split, subtask=subtask)
+    if not path.is_file():
+        raise FileNotFoundError(f"semeval {split} split not found: {path}")
+    convs = load_semeval(path, check_spans=check_spans)
+    canonical = _SPLITS[split]
+    if canonical == "test":
+        return convs
+    if dev_ids is None:
+        if canonical == "dev":
+            raise ValueError(
+                "SemEval-2024 Task 3 has no official dev split: pass dev_ids (e.g. the "
+                "conversation ids of ECF 1.0's dev.txt) to hold them out of the train file"
+            )
+        return convs
+    held, rest = split_by_ids(convs, dev_ids, path=path)
+    return held if canonical == "dev" else rest
 
 
 # ------------------------------------------------------------------------------- split / stats

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Main job: set up (once) and run the reference trainer's ECF study — base vs RPCL, seeds
 # 42/123/456, text only — then copy the summary and plots to examples/mecpe/results/ecf/.
-# Usage: bash examples/mecpe/run_ecf.sh [ECF_DATA_DIR] [OUT]   (default ../shared/data/ecf, runs/ecf)
+# Usage: bash examples/mecpe/run_ecf.sh [ECF_DATA_DIR] [OUT]   (default OUT: runs/ecf)
+# Data: ECF_DATA_DIR, else $MECPE_DATA_DIR, else ECF 1.0 downloaded from NUSTM/MECPE (pinned
+# commit, sha256-checked) into the cache ($MECPE_CACHE_DIR/ecf or ~/.cache/torch-pairconf/ecf).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-data=${1:-${MECPE_DATA_DIR:-../shared/data/ecf}}
+# Resolve the data first (standard library only, no venv needed): offline, this fails in
+# seconds with what to fetch and where, before minutes of setup.
+data=$(python3 -m examples.mecpe.download ecf --resolve ${1:+--data-dir "$1"}) || exit 2
 out=${2:-runs/ecf}
-[ -f "$data/train.txt" ] || { echo "run_ecf.sh: no ECF train.txt in '$data'" >&2; exit 2; }
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 . .venv/bin/activate
 # CPU torch first (a bare `pip install torch` would pull a multi-GB CUDA build).
