@@ -270,17 +270,22 @@ def collate(
     if first.video is not None:
         batch.video = _pad_features([ex.video for ex in examples], n, "video")
     if first.tokens is not None:
-        ids: list[int] = []
-        offsets: list[int] = []
-        for ex in examples:
-            toks = ex.tokens or []
-            for i in range(n):
-                offsets.append(len(ids))
-                if i < ex.length:
-                    ids.extend(toks[i])
-        batch.token_ids = torch.tensor(ids, dtype=torch.long)
-        batch.token_offsets = torch.tensor(offsets, dtype=torch.long)
+        batch.token_ids, batch.token_offsets = _token_bags(examples, n)
     return batch
+
+
+def _token_bags(examples: Sequence[Example], n: int) -> tuple[Tensor, Tensor]:
+    """``EmbeddingBag`` input of the hashed n-grams: flat ids and the ``(B * N,)`` bag offsets
+    (padding slots are empty bags)."""
+    ids: list[int] = []
+    offsets: list[int] = []
+    for ex in examples:
+        toks = ex.tokens or []
+        for i in range(n):
+            offsets.append(len(ids))
+            if i < ex.length:
+                ids.extend(toks[i])
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
 
 
 def batch_indices(
