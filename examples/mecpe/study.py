@@ -198,10 +198,12 @@ def _finished(cfg: TrainConfig) -> bool:
 
 
 def _run_all(plan: Sequence[TrainConfig]) -> None:
+    """Train every unfinished run of ``plan`` (finished ones are checked first, all of them)."""
+    finished = [_finished(cfg) for cfg in plan]
     data: DataBundle | None = None
     key: tuple[Any, ...] | None = None
-    for cfg in plan:
-        if _finished(cfg):
+    for cfg, done in zip(plan, finished, strict=True):
+        if done:
             print(f"skip {cfg.out} (complete)", flush=True)
             continue
         print(f"=== {cfg.out}", flush=True)

@@ -174,3 +174,16 @@ def test_bad_data_in_a_study_is_one_line(
     assert mecpe_study.main(argv) == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert f"{data / 'dev.txt'}: line 1: field 'header'" in line
+
+
+def test_old_format_run_in_the_study_folder_is_refused_up_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "o" / "rpcl-seed1"
+    old.mkdir(parents=True)
+    (old / "run.json").write_text(json.dumps({"complete": True, "config": {"arm": "rpcl"}}))
+    argv = ["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--seeds", "1"]
+    assert mecpe_study.main(argv) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert f"{old / 'run.json'}: run file format none" in line and "format 2" in line
+    assert not (tmp_path / "o" / "base-seed1").exists()  # nothing was trained before
