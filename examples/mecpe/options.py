@@ -44,6 +44,7 @@ __all__ = [
     "UNIT_INTERVAL",
     "UNIT_OPEN",
     "Check",
+    "HelpFormatter",
     "OptionInfo",
     "add_options",
     "check_options",
@@ -224,6 +225,17 @@ def _default(f: Field[Any]) -> Any:
     if f.default_factory is not MISSING:
         return f.default_factory()
     raise TypeError(f"option {f.name!r} has no default")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` unless the help already says it, the option is required, or the
+    default is ``None`` (the help then says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.required or action.default is None:
+            return text
+        return super()._get_help_string(action)
 
 
 def add_options(

@@ -39,7 +39,7 @@ from .checkpoint import read_run_file
 from .cli import add_debug_option, guarded
 from .config import ARMS, TrainConfig, add_train_options, data_key, resumable_fields
 from .featurize import DataBundle, load_data
-from .options import add_options, info, option, values_from
+from .options import HelpFormatter, add_options, info, option, values_from
 from .summary import summarize
 from .train import run
 
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m examples.mecpe.study",
         description="Run the arms of a study over seeds (and folds), then write "
         "summary.json/.md and plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_options(ap.add_argument_group("study"), StudyConfig)
     # finished study runs keep best.pt only by default (last.pt: 640 MB per MECAD run)

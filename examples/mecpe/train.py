@@ -32,6 +32,7 @@ from .engine import EpochResult, TrainState, build_state, evaluate_split, model_
 from .featurize import DataBundle, load_data
 from .metrics import RunFacts, SplitMetrics, compute_metrics, run_metrics
 from .model import ModelConfig
+from .options import HelpFormatter
 from .predict import save_scores
 from .runtime import configure, resolve_device
 
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m examples.mecpe.train",
         description="Train one MECPE run (base or RPCL arm) and evaluate it on dev and test.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_train_options(ap)
     add_debug_option(ap)
