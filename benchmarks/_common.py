@@ -9,7 +9,7 @@ import platform
 import shlex
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ def time_fn(fn: Callable[[], object], min_run_time: float, threads: int) -> dict
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], object]], min_run_time: float, threads: int, rounds: int
+    fns: Mapping[str, Callable[[], object]], min_run_time: float, threads: int, rounds: int
 ) -> dict[str, dict[str, float]]:
     """Time several callables in ``rounds`` interleaved rounds; per callable the median of the
     round medians (``iqr``: the spread of the round medians, or the Timer IQR with one round)."""
@@ -124,7 +124,7 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
         fn()
     events = [
         e
-        for e in prof.profiler.kineto_results.events()  # type: ignore[union-attr]
+        for e in prof.profiler.kineto_results.events()
         if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
     ]
     events.sort(key=lambda e: e.start_ns())

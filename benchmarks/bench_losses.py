@@ -176,7 +176,8 @@ def _closures(
         crit = PairMarginLoss(margin=0.2, k=k, space="prob")
 
         def ours_out() -> torch.Tensor:
-            return crit(x, gold, valid)
+            loss: torch.Tensor = crit(x, gold, valid)
+            return loss
 
         def loop_out() -> torch.Tensor:
             return loop_pair_margin_loss(x, gold, valid, margin=0.2, k=k, space="prob", rows=rows)
@@ -185,7 +186,8 @@ def _closures(
         cons = ConsistencyLoss(divergence="kl", detach_clean=True)
 
         def ours_out() -> torch.Tensor:
-            return cons(clean, x, valid)
+            loss: torch.Tensor = cons(clean, x, valid)
+            return loss
 
         def loop_out() -> torch.Tensor:
             return loop_consistency_loss(clean, x, valid, detach_clean=True, rows=rows)

@@ -71,7 +71,7 @@ def loop_mine_hard_negatives(
     out = torch.stack(values), torch.stack(indices), torch.stack(masks)
     if rows is None:
         b, n = scores.shape[:2]
-        out = tuple(t.view(b, n, k) for t in out)
+        out = out[0].view(b, n, k), out[1].view(b, n, k), out[2].view(b, n, k)
     return out
 
 

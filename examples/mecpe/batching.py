@@ -12,12 +12,15 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from torch_pairconf import pair_masks
+
+from .data import Conversation
 
 __all__ = [
     "DEFAULT_HASH_BUCKETS",
@@ -131,26 +134,26 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         """Copy every tensor except ``lengths`` to ``device`` (``lengths`` stays on the CPU)."""
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name != "lengths" and isinstance(value, Tensor):
                 changes[f.name] = value.to(device, non_blocking=True)
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)
 
 
 def build_examples(
-    convs: Sequence[object],
+    convs: Sequence[Conversation],
     *,
     text: Sequence[np.ndarray] | None = None,
     hash_buckets: int | None = None,
     audio: Sequence[np.ndarray] | None = None,
     video: Sequence[np.ndarray] | None = None,
 ) -> list[Example]:
-    """Build :class:`Example` objects from ``examples.mecpe.data.Conversation`` objects.
+    """Build one :class:`Example` per conversation.
 
     Args:
-        convs: the conversations (``conv_id``, ``speakers``, ``texts``, ``emotions``, ``pairs``).
+        convs: the conversations.
         text: per conversation ``(n, d)`` frozen text embeddings (``None`` with ``hash``).
         hash_buckets: when given, utterance texts are hashed into n-gram ids (``hash`` encoder).
         audio: per conversation ``(n, d_a)`` audio features or ``None``.
@@ -161,25 +164,25 @@ def build_examples(
     """
     out: list[Example] = []
     for k, conv in enumerate(convs):
-        n = len(conv.texts)  # type: ignore[attr-defined]
+        n = len(conv.texts)
         names: dict[str, int] = {}
-        spk = [names.setdefault(s, len(names)) for s in conv.speakers]  # type: ignore[attr-defined]
+        spk = [names.setdefault(s, len(names)) for s in conv.speakers]
         causes = torch.zeros(n, dtype=torch.float32)
-        for _, c in conv.pairs:  # type: ignore[attr-defined]
+        for _, c in conv.pairs:
             if 1 <= c <= n:
                 causes[c - 1] = 1.0
         ex = Example(
-            conv_id=conv.conv_id,  # type: ignore[attr-defined]
+            conv_id=conv.conv_id,
             length=n,
-            pairs=tuple(tuple(p) for p in conv.pairs),  # type: ignore[attr-defined]
+            pairs=conv.pairs,
             speakers=torch.tensor(spk, dtype=torch.long),
-            emotions=torch.tensor(conv.emotions, dtype=torch.long),  # type: ignore[attr-defined]
+            emotions=torch.tensor(conv.emotions, dtype=torch.long),
             causes=causes,
         )
         if text is not None:
             ex.text = _feature(text[k], n, "text", ex.conv_id)
         if hash_buckets is not None:
-            ex.tokens = [hash_ngrams(t, hash_buckets) for t in conv.texts]  # type: ignore[attr-defined]
+            ex.tokens = [hash_ngrams(t, hash_buckets) for t in conv.texts]
         if audio is not None:
             ex.audio = _feature(audio[k], n, "audio", ex.conv_id)
         if video is not None:
@@ -198,10 +201,14 @@ def _feature(array: np.ndarray, n: int, name: str, conv_id: str) -> Tensor:
     return t
 
 
-def _pad_features(items: Sequence[Tensor], n: int) -> Tensor:
-    dim = items[0].shape[1]
+def _pad_features(items: Sequence[Tensor | None], n: int, name: str) -> Tensor:
+    """Stack per-conversation ``(n_b, d)`` features into ``(B, n, d)`` zero-padded."""
+    present = [x for x in items if x is not None]
+    if len(present) != len(items):
+        raise ValueError(f"collate: some examples have {name} features and some do not")
+    dim = present[0].shape[1]
     out = torch.zeros(len(items), n, dim, dtype=torch.float32)
-    for b, x in enumerate(items):
+    for b, x in enumerate(present):
         out[b, : x.shape[0]] = x
     return out
 
@@ -257,23 +264,28 @@ def collate(
     )
     first = examples[0]
     if first.text is not None:
-        batch.text = _pad_features([ex.text for ex in examples], n)  # type: ignore[misc]
+        batch.text = _pad_features([ex.text for ex in examples], n, "text")
     if first.audio is not None:
-        batch.audio = _pad_features([ex.audio for ex in examples], n)  # type: ignore[misc]
+        batch.audio = _pad_features([ex.audio for ex in examples], n, "audio")
     if first.video is not None:
-        batch.video = _pad_features([ex.video for ex in examples], n)  # type: ignore[misc]
+        batch.video = _pad_features([ex.video for ex in examples], n, "video")
     if first.tokens is not None:
-        ids: list[int] = []
-        offsets: list[int] = []
-        for ex in examples:
-            toks = ex.tokens or []
-            for i in range(n):
-                offsets.append(len(ids))
-                if i < ex.length:
-                    ids.extend(toks[i])
-        batch.token_ids = torch.tensor(ids, dtype=torch.long)
-        batch.token_offsets = torch.tensor(offsets, dtype=torch.long)
+        batch.token_ids, batch.token_offsets = _token_bags(examples, n)
     return batch
+
+
+def _token_bags(examples: Sequence[Example], n: int) -> tuple[Tensor, Tensor]:
+    """``EmbeddingBag`` input of the hashed n-grams: flat ids and the ``(B * N,)`` bag offsets
+    (padding slots are empty bags)."""
+    ids: list[int] = []
+    offsets: list[int] = []
+    for ex in examples:
+        toks = ex.tokens or []
+        for i in range(n):
+            offsets.append(len(ids))
+            if i < ex.length:
+                ids.extend(toks[i])
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
 
 
 def batch_indices(

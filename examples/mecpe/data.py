@@ -12,7 +12,9 @@ Three formats are read into one :class:`Conversation` record:
   (``"1.speaker：text 2.speaker：text"``), ``pairs`` and optional ``emotion``/``emotions``.
 
 Every loader validates its input and raises :class:`DataFormatError` naming the file, the
-line or record and the field; nothing is dropped silently.
+line or record and the field (bytes that are not UTF-8 included); nothing is dropped silently.
+Which file holds which split of a dataset, and the dataset defaults, are in
+:mod:`examples.mecpe.datasets`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ __all__ = [
     "load_mecad",
     "load_semeval",
     "load_semeval_split",
-    "load_split",
     "semeval_split_path",
     "split_by_ids",
     "summarize",
@@ -70,8 +71,6 @@ _EMOTION_ALIASES: dict[str, str] = {
     "伤心": "sadness",
     "惊讶": "surprise",
 }
-
-_SPLITS: dict[str, str] = {"train": "train", "dev": "dev", "valid": "dev", "test": "test"}
 
 
 class DataFormatError(ValueError):
@@ -183,6 +182,18 @@ def _make_conversation(
         pairs=_check_pairs(pairs, n_utt, path, where, pairs_field),
         feature_keys=tuple(feature_keys),
     )
+
+
+def _read_utf8(path: Path) -> str:
+    """The text of ``path``; bytes that are not UTF-8 raise a DataFormatError naming the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise _error(
+            path, f"line {line}", "<encoding>", f"byte {exc.start} is not UTF-8 text ({exc.reason})"
+        ) from None
 
 
 def _check_file_ids(conversations: Sequence[Conversation], path: PathLike) -> None:
@@ -297,7 +308,7 @@ def _ecf_block(lines: list[str], start: int, path: PathLike) -> tuple[Conversati
 def load_ecf(path: PathLike) -> list[Conversation]:
     """Load an ECF split file (``train.txt``, ``dev.txt``, ``test.txt``, ``all_data_pair.txt``)."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_utf8(path).splitlines()
     conversations: list[Conversation] = []
     i = 0
     while i < len(lines):
@@ -325,10 +336,9 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _read_json(path: Path) -> Any:
     """Read a JSON file, rejecting duplicate object keys."""
+    text = _read_utf8(path)
     try:
-        return json.loads(
-            path.read_text(encoding="utf-8"), object_pairs_hook=_reject_duplicate_keys
-        )
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise DataFormatError(f"{path}: invalid JSON: {exc}", path=path, where="file") from exc
 
@@ -582,6 +592,7 @@ def load_mec4(path: PathLike) -> list[Conversation]:
 # ------------------------------------------------------------ SemEval-2024 Task 3 (ECF 2.0)
 
 SEMEVAL_EMOTION_FIELD = "emotion-cause_pairs"
+_SPLITS: dict[str, str] = {"train": "train", "dev": "dev", "valid": "dev", "test": "test"}
 _SEMEVAL_EMOTION_REF = re.compile(r"^\s*(\d+)_(\S+)\s*$")
 _SEMEVAL_CAUSE_REF = re.compile(r"^\s*(\d+)(?:_(.*))?$", re.DOTALL)
 
@@ -845,34 +856,7 @@ def load_semeval_split(
     return held if canonical == "dev" else rest
 
 
-# ------------------------------------------------------------------------------- split / stats
-
-
-def split_path(dataset: str, data_dir: PathLike, split: str) -> Path:
-    """The file holding ``split`` (``train``/``dev``/``test``; ``valid`` = ``dev``) of ``dataset``."""
-    if split not in _SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of train, dev, test")
-    split = _SPLITS[split]
-    data_dir = Path(data_dir)
-    if dataset == "ecf":
-        return data_dir / f"{split}.txt"
-    mecad_or_mec4 = "valid" if split == "dev" else split
-    if dataset == "mecad":
-        return data_dir / f"{mecad_or_mec4}_data_pair.json"
-    if dataset == "mec4":
-        return data_dir / "MEC4_text" / f"{mecad_or_mec4}.json"
-    raise ValueError(f"unknown dataset {dataset!r}; expected one of ecf, mecad, mec4")
-
-
-_LOADERS = {"ecf": load_ecf, "mecad": load_mecad, "mec4": load_mec4}
-
-
-def load_split(dataset: str, data_dir: PathLike, split: str) -> list[Conversation]:
-    """Load one split of ``dataset`` (``ecf``, ``mecad`` or ``mec4``) from ``data_dir``."""
-    path = split_path(dataset, data_dir, split)
-    if not path.is_file():
-        raise FileNotFoundError(f"{dataset} {split} split not found: {path}")
-    return _LOADERS[dataset](path)
+# ------------------------------------------------------------------------------------- stats
 
 
 def summarize(conversations: Iterable[Conversation]) -> dict[str, int]:

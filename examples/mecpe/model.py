@@ -19,7 +19,7 @@ Architecture (the *matched base*; the RPCL arm only adds the library's loss term
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
 import torch
@@ -87,13 +87,20 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Rebuild from :meth:`to_dict`; keys missing from older checkpoints get their old values."""
-        return cls(**{**_LEGACY, **d})
+    def from_dict(cls, d: dict[str, Any], *, source: str = "model config") -> ModelConfig:
+        """Rebuild from :meth:`to_dict`; missing or unknown keys raise naming ``source``.
 
-
-#: What a checkpoint written before a field existed was trained with.
-_LEGACY: dict[str, Any] = {"pair_rank": None, "pair_dropout": None}
+        (Files written before a field existed are refused by their format version first:
+        :data:`examples.mecpe.checkpoint.FORMAT`.)
+        """
+        names = {f.name for f in fields(cls)}
+        missing, unknown = sorted(names - set(d)), sorted(set(d) - names)
+        if missing or unknown:
+            raise ValueError(
+                f"{source}: the model settings do not match this trainer's (missing: "
+                f"{', '.join(missing) or '-'}; unknown: {', '.join(unknown) or '-'})"
+            )
+        return cls(**d)
 
 
 class ModelOutput(NamedTuple):
@@ -146,7 +153,8 @@ class UtteranceEncoder(nn.Module):
                 raise ValueError("this model was built with video features; batch.video is None")
             parts.append(self.video(batch.video))
         x = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-        return self.dropout(F.relu(self.fuse(x)))
+        out: Tensor = self.dropout(F.relu(self.fuse(x)))
+        return out
 
 
 class ContextEncoder(nn.Module):

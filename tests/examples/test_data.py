@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from examples.mecpe.data import (
     load_ecf,
     load_mec4,
     load_mecad,
-    load_split,
     parse_mec4_text,
     summarize,
 )
@@ -338,25 +336,15 @@ def test_mec4_round_trip(
     assert conv.pairs == tuple(sorted(set(pairs)))
 
 
-# -------------------------------------------------------------------------------- load_split
+# --------------------------------------------------------------------------------- encoding
 
 
-def test_load_split_paths(tmp_path: Path) -> None:
-    write(tmp_path / "ecf", "dev.txt", ECF_SAMPLE)
-    write_json(tmp_path / "mecad", "valid_data_pair.json", mecad_sample())
-    write_json(tmp_path / "mecad", "test_data_pair.json", mecad_sample())
-    write_json(tmp_path / "mec4", "MEC4_text/valid.json", [mec4_row("1", ["A"], ["a"], "")])
-    assert len(load_split("ecf", tmp_path / "ecf", "dev")) == 2
-    assert len(load_split("mecad", tmp_path / "mecad", "dev")) == 2
-    assert len(load_split("mecad", tmp_path / "mecad", "test")) == 2
-    assert len(load_split("mec4", tmp_path / "mec4", "dev")) == 1
-    missing = tmp_path / "mecad" / "train_data_pair.json"
-    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
-        load_split("mecad", tmp_path / "mecad", "train")
-    with pytest.raises(ValueError, match="unknown dataset"):
-        load_split("meld", tmp_path, "dev")
-    with pytest.raises(ValueError, match="unknown split"):
-        load_split("ecf", tmp_path / "ecf", "validation")
+@pytest.mark.parametrize("loader", [load_ecf, load_mecad, load_mec4])
+def test_non_utf8_file_names_file_and_line(tmp_path: Path, loader: Any) -> None:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("1 2\n(1,1)\n1 | A | joy | caf\u00e9 | t\n".encode("latin-1"))
+    err = expect_error(r"line 3: field '<encoding>': byte 27 is not UTF-8", loader, path)
+    assert str(path) in str(err) and err.field == "<encoding>"
 
 
 # --------------------------------------------------------------------------------- summarize
