@@ -4,17 +4,22 @@ Arms (same model initialisation, same batches, Adam):
 
 * ``base``: forward, the reference trainer's base loss (``examples.mecpe.model.mecpe_loss``:
   pair BCE + emotion CE + cause BCE), backward, ``optimizer.step()``.
-* ``rpcl``: base + ``RPCLoss(model.context, ...)`` with its defaults (margin weight 0.1,
+* ``rpcl``: base + ``RPCLoss(model.context, model=model)`` with its defaults (margin weight 0.1,
   consistency weight 1.0 on the context encoder's output) and ``rerun=lambda: model(batch)``:
   a second forward (and backward) with the context corrupted, which replays the clean output of
-  ``model.context`` (``reuse_output=True``, the default) instead of re-running the BiLSTM.
+  ``model.context`` and of every module upstream of it (the utterance encoder), so only the
+  pair scorer and the heads run twice.
+* ``rpcl_output``: ``RPCLoss(model.context)`` without ``model=``: the context's output is
+  replayed, the upstream utterance encoder runs again (its result is thrown away).
 * ``rpcl_rerun``: the same with ``reuse_output=False``: the second pass re-runs the whole model.
 * ``rpcl_margin_only``: base + the margin term only (``consistency_weight=0``, no second pass).
 
 Batches: 16 synthetic conversations with ECF-like lengths (1..33 utterances, mean ≈ 9), frozen
 384-d text embeddings, ~30% emotion utterances each with one gold cause at most 3 back.
 Profiles: ``ecf_mix`` cycles through 8 such batches (an epoch-like mix of padded sizes) and
-``ecf_max`` repeats one batch padded to the ECF maximum N = 33.
+``ecf_max`` repeats one batch padded to the ECF maximum N = 33; ``word_cnn_mix`` is ``ecf_mix``
+on a model with a costly upstream: the utterance encoder is a CNN over the 24 words of each
+utterance (300-d embeddings, 200 filters of width 3, max-pooled), as in public ECPE trainers.
 
 The model is ``examples.mecpe.model.MECPEModel`` with the reference trainer's ``ModelConfig``
 defaults when importable, else a self-contained stand-in with a similar structure (Linear
@@ -58,7 +63,8 @@ from ._common import (
     write_json,
 )
 
-ARMS = ("base", "rpcl", "rpcl_rerun", "rpcl_margin_only")
+ARMS = ("base", "rpcl", "rpcl_output", "rpcl_rerun", "rpcl_margin_only")
+WORDS = 24  # words per utterance of the word-CNN profile
 TEXT_DIM = 384
 BATCH = 16
 MAX_N = 33
@@ -171,15 +177,39 @@ def standin_loss(out: StandInOutput, batch: StandInBatch) -> tuple[Tensor, dict[
     return pair + emotion + cause, {}
 
 
-def build_model(seed: int, use_real: bool = True) -> tuple[nn.Module, Callable[..., Any], str]:
-    """``(model, base_loss_fn, name)``: the reference model if importable, else the stand-in."""
+class WordCNNUtterance(nn.Module):
+    """A per-utterance word encoder: embeddings → Conv1d(width 3) + ReLU → max over words →
+    Linear + ReLU → ``(B, N, utt_dim)``; reads ``batch.words`` ``(B, N, WORDS)`` token ids."""
+
+    def __init__(self, vocab: int = 8000, emb: int = 300, filters: int = 200, utt_dim: int = 200) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, emb)
+        self.conv = nn.Conv1d(emb, filters, kernel_size=3, padding=1)
+        self.fuse = nn.Linear(filters, utt_dim)
+
+    def forward(self, batch: Any) -> Tensor:
+        words: Tensor = batch.words
+        b, n, length = words.shape
+        e = self.emb(words.reshape(b * n, length)).transpose(1, 2)  # (B N, emb, L)
+        u = F.relu(self.conv(e)).amax(-1).view(b, n, -1)
+        return F.relu(self.fuse(u))
+
+
+def build_model(
+    seed: int, use_real: bool = True, upstream: str = "mecpe"
+) -> tuple[nn.Module, Callable[..., Any], str]:
+    """``(model, base_loss_fn, name)``: the reference model if importable, else the stand-in;
+    ``upstream="word_cnn"`` swaps the reference model's utterance encoder for a word CNN."""
     torch.manual_seed(seed)
     if use_real and HAVE_REAL_MODEL:
-        return (
-            MECPEModel(ModelConfig(text_dim=TEXT_DIM)),
-            mecpe_loss,
-            "examples.mecpe.model.MECPEModel",
-        )
+        model = MECPEModel(ModelConfig(text_dim=TEXT_DIM))
+        name = "examples.mecpe.model.MECPEModel"
+        if upstream == "word_cnn":
+            model.utterance = WordCNNUtterance()  # type: ignore[assignment]
+            name += " with a word-CNN utterance encoder"
+        return model, mecpe_loss, name
+    if upstream != "mecpe":
+        raise ValueError(f"the {upstream!r} upstream needs the reference model")
     return StandInModel(), standin_loss, "bench_step.StandInModel (stand-in)"
 
 
@@ -195,7 +225,12 @@ def ecf_lengths(g: torch.Generator, b: int = BATCH, max_n: int = MAX_N) -> list[
 
 
 def make_batch(
-    lengths: Sequence[int], seed: int, device: torch.device, dtype: torch.dtype, real: bool
+    lengths: Sequence[int],
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    real: bool,
+    words: bool = False,
 ) -> Any:
     """A padded batch with the given conversation lengths (gold pairs: ~30% of utterances are
     emotions, each with one cause 0-3 utterances back)."""
@@ -226,10 +261,14 @@ def make_batch(
         "text": text.to(device),
     }
     if real and HAVE_REAL_MODEL:
-        return _RealBatch(
+        batch: Any = _RealBatch(
             conv_ids=[f"c{k}" for k in range(b)], pairs=[tuple(p) for p in pairs], **fields
         )
-    return StandInBatch(**fields)
+    else:
+        batch = StandInBatch(**fields)
+    if words:  # token ids of the word-CNN profile (an extra attribute the reference batch lacks)
+        batch.words = torch.randint(0, 8000, (b, n, WORDS), generator=g).to(device)
+    return batch
 
 
 def profiles(quick: bool, seed: int) -> dict[str, list[list[int]]]:
@@ -238,7 +277,11 @@ def profiles(quick: bool, seed: int) -> dict[str, list[list[int]]]:
     mix = [ecf_lengths(g) for _ in range(3 if quick else 8)]
     top = ecf_lengths(g)
     top[0] = MAX_N
-    return {"ecf_mix": mix, "ecf_max": [top]}
+    return {"ecf_mix": mix, "ecf_max": [top], "word_cnn_mix": mix}
+
+
+#: The upstream (utterance encoder) of each profile's model.
+PROFILE_UPSTREAM = {"ecf_mix": "mecpe", "ecf_max": "mecpe", "word_cnn_mix": "word_cnn"}
 
 
 # ----------------------------------------------------------------------------- arms
@@ -256,6 +299,7 @@ def make_step(
     if arm != "base":
         rpcl = RPCLoss(
             model.context,  # type: ignore[arg-type]
+            model=model if arm == "rpcl" else None,
             consistency_weight=0.0 if arm == "rpcl_margin_only" else 1.0,
             reuse_output=arm != "rpcl_rerun",
             scores_fn=lambda out: out.pair_logits,
@@ -292,13 +336,16 @@ def bench_profile(
     cfg: Config,
     arms: Sequence[str] = ARMS,
     use_real: bool = True,
+    upstream: str = "mecpe",
 ) -> list[dict[str, Any]]:
     """Result rows (one per arm) of one batch profile."""
-    model0, base_loss, _ = build_model(cfg.seed, use_real)
+    model0, base_loss, _ = build_model(cfg.seed, use_real, upstream)
     model0 = model0.to(device, dtype)
     real = use_real and HAVE_REAL_MODEL
+    words = upstream == "word_cnn"
     batches = [
-        make_batch(ls, cfg.seed + k, device, dtype, real) for k, ls in enumerate(batch_lengths)
+        make_batch(ls, cfg.seed + k, device, dtype, real, words)
+        for k, ls in enumerate(batch_lengths)
     ]
     steps = {arm: make_step(arm, copy.deepcopy(model0), base_loss, batches) for arm in arms}
     for fn in steps.values():  # warm-up: one pass over the batches
@@ -381,17 +428,22 @@ def to_markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: (profile, RPCL/base step-time ceiling): the reference model's ECF profiles, and a model whose
+#: upstream (a word CNN) costs as much as the rest, where the second pass must skip it.
+TARGETS = (("ecf_mix", 1.6), ("ecf_max", 1.6), ("word_cnn_mix", 1.25))
+
+
 def evaluate_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for prof in ("ecf_mix", "ecf_max"):
+    for prof, ceiling in TARGETS:
         hit = [r for r in rows if r["profile"] == prof and r["op"] == "rpcl"]
         v = hit[0]["ratio_vs_base"] if hit else None
         out.append(
             {
-                "target": f"RPCL/base step time <= 1.6 ({prof})",
+                "target": f"RPCL/base step time <= {ceiling} ({prof})",
                 "value": v,
-                "threshold": 1.6,
-                "pass": None if v is None else v <= 1.6,
+                "threshold": ceiling,
+                "pass": None if v is None else v <= ceiling,
             }
         )
     return out
@@ -433,6 +485,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     use_real = not args.standin
     _, _, model_name = build_model(cfg.seed, use_real)
     profs = profiles(args.quick, cfg.seed)
+    if not (use_real and HAVE_REAL_MODEL):
+        profs = {k: v for k, v in profs.items() if PROFILE_UPSTREAM[k] == "mecpe"}
     settings = {
         "mode": "quick" if args.quick else "full",
         "model": model_name,
@@ -440,15 +494,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "arms": args.arms,
         "min_run_time_s": cfg.min_run_time,
         "rounds": cfg.rounds,
-        "rpcl": "RPCLoss(model.context) defaults: margin_weight=0.1, consistency_weight=1.0, "
-        "where='output', p=0.3, mode='zero', reuse_output=True (rpcl_rerun: False)",
+        "rpcl": "RPCLoss(model.context, model=model) defaults: margin_weight=0.1, "
+        "consistency_weight=1.0, where='output', p=0.3, mode='zero', reuse_output=True "
+        "(rpcl_output: without model=; rpcl_rerun: reuse_output=False)",
+        "profile_upstream": {k: PROFILE_UPSTREAM[k] for k in profs},
     }
     payload = header("step", device, cfg.threads, settings)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for name, lengths in profs.items():
-            new = bench_profile(name, lengths, device, dtype, cfg, args.arms, use_real)
+            new = bench_profile(
+                name, lengths, device, dtype, cfg, args.arms, use_real, PROFILE_UPSTREAM[name]
+            )
             rows += new
             for r in new:
                 print(

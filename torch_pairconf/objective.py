@@ -15,6 +15,7 @@ unchanged.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -373,6 +374,12 @@ class RPCLoss(nn.Module):
         if corrupt is not None and not isinstance(corrupt, nn.Module):
             raise TypeError(f"corrupt must be an nn.Module, a name or None, got {type(corrupt).__name__}")
         return corrupt
+
+    @staticmethod
+    def keywords() -> tuple[str, ...]:
+        """Every keyword :class:`RPCLoss` accepts: its parameters and the part options."""
+        params = [p for p in inspect.signature(RPCLoss).parameters if p not in ("corrupt", "options")]
+        return (*params, *_RANKING_OPTIONS, *_CORRUPTION_OPTIONS, *_CONSISTENCY_OPTIONS)
 
     @property
     def margin_loss(self) -> nn.Module:

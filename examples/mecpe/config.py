@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import inspect
 from dataclasses import Field, asdict, dataclass, fields
 from typing import Any
 
@@ -58,8 +57,8 @@ __all__ = [
 
 ARMS: tuple[str, ...] = ("base", "rpcl")
 
-#: RPCLoss keywords the trainer sets itself.
-_RESERVED_RPCL_ARGS = ("corrupt", "scores_fn", "generator")
+#: RPCLoss keywords the trainer sets itself (or that take modules, which a CLI cannot pass).
+_RESERVED_RPCL_ARGS = ("model", "scores_fn", "generator", "corruption", "consistency")
 
 _AT_LEAST_2 = Check(lambda v: v >= 2, ">= 2")
 
@@ -242,7 +241,7 @@ class TrainConfig:
 
 def _check_rpcl_args(args: dict[str, Any]) -> None:
     """Unknown or reserved RPCLoss keywords raise (before any data is loaded)."""
-    params = inspect.signature(RPCLoss).parameters
+    params = RPCLoss.keywords()
     for key in args:
         if key in _RESERVED_RPCL_ARGS or key not in params:
             known = ", ".join(p for p in params if p not in _RESERVED_RPCL_ARGS)

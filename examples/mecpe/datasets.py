@@ -9,7 +9,9 @@ registry. A spec names
 * defaults a run of that dataset starts from: the text encoder and the evaluation protocol
   (``split``: the dataset's own train/dev/test; ``cv``: folds by TV series over every
   dialogue, :mod:`examples.mecpe.folds`);
-* ``suffix``: the file suffix ``evaluate --format auto`` recognises (first match wins).
+* ``suffix``: the file suffix ``evaluate --format auto`` recognises (first match wins);
+* ``read_split``: for a dataset whose splits are not one file each (SemEval-2024's dev is held
+  out of its train file), a reader ``(data folder, split) -> conversations`` used instead.
 
 Example::
 
@@ -27,7 +29,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import Conversation, DataFormatError, load_ecf, load_mec4, load_mecad
+from .data import (
+    Conversation,
+    DataFormatError,
+    load_ecf,
+    load_mec4,
+    load_mecad,
+    load_semeval,
+    load_semeval_split,
+)
 
 __all__ = [
     "SPLITS",
@@ -61,6 +71,7 @@ class DatasetSpec:
     protocol: str = "split"
     suffix: str | None = None
     description: str = ""
+    read_split: Callable[[Path, str], list[Conversation]] | None = None
 
     def __post_init__(self) -> None:
         missing = set(SPLITS) - set(self.splits)
@@ -127,7 +138,16 @@ def load_split(dataset: str, data_dir: PathLike, split: str) -> list[Conversatio
     path = split_path(dataset, data_dir, split)
     if not path.is_file():
         raise FileNotFoundError(f"{dataset} {split} split not found: {path}")
-    return load_file(dataset, path)
+    spec = get(dataset)
+    if spec.read_split is None:
+        return load_file(dataset, path)
+    convs = spec.read_split(Path(data_dir), _SPLIT_ALIASES[split])
+    if not convs:
+        raise DataFormatError(
+            f"{path}: no conversation in the {split} split", path=path, where="file",
+            field="<conversations>",
+        )  # fmt: skip
+    return convs
 
 
 def guess_format(path: PathLike) -> str:
@@ -171,5 +191,27 @@ register(
         load_mec4,
         {split: f"MEC4_text/{'valid' if split == 'dev' else split}.json" for split in SPLITS},
         description="MEC4 (MEC4_text/*.json)",
+    )
+)
+
+
+def _semeval_dev_ids() -> list[str]:
+    """The committed conversation ids of SemEval-2024's held-out dev split."""
+    lines = Path(__file__).with_name("semeval_dev_ids.txt").read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _read_semeval(data_dir: Path, split: str) -> list[Conversation]:
+    return load_semeval_split(data_dir, split, dev_ids=_semeval_dev_ids())
+
+
+register(
+    DatasetSpec(
+        "semeval",
+        load_semeval,
+        {"train": "Subtask_2_train.json", "dev": "Subtask_2_train.json", "test": "Subtask_2_test.json"},
+        description="SemEval-2024 Task 3 / ECF 2.0 (Subtask 2 JSON; dev = ECF 1.0's dev ids "
+        "held out of the train file)",
+        read_split=_read_semeval,
     )
 )

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import data as mecpe_data
-from . import datasets
+from . import datasets, download
 from .batching import Example, build_examples
 from .config import TrainConfig
 from .data import Conversation
 from .features import FeatureTable, modality_flags
 from .folds import cv_parts, dev_fold, series_folds, series_of
+from .sources import SOURCES
 
 __all__ = ["DataBundle", "featurize", "load_data", "load_feature_tables"]
 
@@ -170,11 +171,25 @@ def _load_cv_fold(cfg: TrainConfig, data_dir: str) -> tuple[_Splits, dict[str, A
     return splits, cv_info
 
 
+def data_folder(cfg: TrainConfig) -> str:
+    """Where ``cfg.dataset`` is read from: ``--data-dir``, else ``$MECPE_DATA_DIR`` (nothing is
+    downloaded then), else the user cache, filled from the official source on first use
+    (:func:`examples.mecpe.download.resolve_data_dir`; files fetched by hand are named there)."""
+    if cfg.data_dir:
+        return cfg.data_dir
+    if os.environ.get(download.ENV_DATA_DIR):
+        return os.environ[download.ENV_DATA_DIR]
+    if cfg.dataset not in SOURCES:
+        raise ValueError(
+            f"{cfg.dataset} is not downloaded automatically: give --data-dir or set "
+            f"{download.ENV_DATA_DIR}"
+        )
+    return str(download.resolve_data_dir(cfg.dataset))
+
+
 def load_data(cfg: TrainConfig) -> DataBundle:
     """Load the splits of ``cfg.dataset`` (or the ``cv`` fold) and build their examples."""
-    data_dir = cfg.data_dir or os.environ.get("MECPE_DATA_DIR")
-    if not data_dir:
-        raise ValueError("give --data-dir or set MECPE_DATA_DIR")
+    data_dir = data_folder(cfg)
     load = _load_cv_fold if cfg.protocol == "cv" else _load_splits
     splits, cv_info = load(cfg, data_dir)
     for split, (_, exs) in splits.items():

@@ -107,14 +107,19 @@ def test_probe_margin_k1_notices_a_library_change(monkeypatch: pytest.MonkeyPatc
         pm.probe_size(1, 8, 0.001, 1, 1)
 
 
-@pytest.mark.parametrize("use_real", [True, False], ids=["reference-model", "stand-in"])
-def test_bench_step_rows(use_real: bool) -> None:
+@pytest.mark.parametrize(
+    ("use_real", "upstream"),
+    [(True, "mecpe"), (True, "word_cnn"), (False, "mecpe")],
+    ids=["reference-model", "word-cnn", "stand-in"],
+)
+def test_bench_step_rows(use_real: bool, upstream: str) -> None:
     if use_real and not bs.HAVE_REAL_MODEL:
         pytest.skip("examples.mecpe.model not importable")
     cfg = bs.Config(min_run_time=0.001, rounds=1, memory=True)
     rows = bs.bench_profile(
-        "tiny", [[3, 5, 2]], torch.device("cpu"), torch.float32, cfg, use_real=use_real
-    )
+        "tiny", [[3, 5, 2]], torch.device("cpu"), torch.float32, cfg, use_real=use_real,
+        upstream=upstream,
+    )  # fmt: skip
     assert [r["op"] for r in rows] == list(bs.ARMS)
     for r in rows:
         _check_row(r, bs.ROW_KEYS)

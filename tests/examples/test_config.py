@@ -89,7 +89,7 @@ def test_cli_help_types_and_choices_come_from_the_fields() -> None:
         assert action.help == info(f).help and action.help, f.name
         allowed = info(f).allowed()
         assert (list(allowed) if allowed is not None else None) == action.choices, f.name
-    assert actions["dataset"].choices == ["ecf", "mecad", "mec4"]
+    assert actions["dataset"].choices == ["ecf", "mecad", "mec4", "semeval"]
     assert "--cause-not-after-emotion" in actions["cause_not_after_emotion"].option_strings
     assert "--no-keep-last-checkpoint" in actions["keep_last_checkpoint"].option_strings
     text = mecpe_train.build_parser().format_help()

@@ -383,3 +383,18 @@ def test_docstring_example_runs() -> None:
     for test in finder.find(mecpe_data.load_semeval, "load_semeval", globs=vars(mecpe_data)):
         runner.run(test)
     assert runner.tries > 0 and runner.failures == 0
+
+
+def test_registry_entry_holds_out_the_committed_dev_ids(tmp_path: Path) -> None:
+    from examples.mecpe import datasets
+
+    dev_ids = datasets._semeval_dev_ids()
+    assert len(dev_ids) == len(set(dev_ids)) == 112
+    train_ids = [str(i) for i in range(5000, 5003)]
+    write(tmp_path, [conv(cid) for cid in [*dev_ids, *train_ids]])
+    write(tmp_path, [conv(9000), conv(9001)], name="Subtask_2_test.json")
+    splits = {s: [c.conv_id for c in datasets.load_split("semeval", tmp_path, s)] for s in datasets.SPLITS}
+    assert splits == {"train": train_ids, "dev": dev_ids, "test": ["9000", "9001"]}
+    write(tmp_path, [conv(cid) for cid in [*dev_ids[1:], *train_ids]])  # one dev id missing
+    with pytest.raises(DataFormatError, match="held-out ids not in the file"):
+        datasets.load_split("semeval", tmp_path, "dev")

@@ -87,7 +87,7 @@ def test_one_entry_registers_a_dataset_everywhere(
     assert result["config"]["text_encoder"] == "hash"  # the dataset's default
     assert result["data"]["dev"]["conversations"] == 12
     eval_choices = {a.dest: a.choices for a in mecpe_evaluate.build_parser()._actions}
-    assert list(eval_choices["format"]) == ["auto", "ecf", "mecad", "mec4", "dummy"]
+    assert list(eval_choices["format"]) == ["auto", "ecf", "mecad", "mec4", "semeval", "dummy"]
     test_file = tmp_path / "test.dmy"
     test_file.write_text((tiny / "test.txt").read_text())
     capsys.readouterr()

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from examples.mecpe import download, sources, transfer
-from examples.mecpe.data import load_split
+from examples.mecpe.datasets import load_split
 from examples.mecpe.download import (
     DataDirError,
     cache_dir,
