@@ -452,6 +452,7 @@ class RPCLoss(nn.Module):
         rerun: Callable[[], Any] | None = None,
         *,
         corrupted_scores: Tensor | None = None,
+        corrupted_valid: Tensor | None = None,
         utterances: Tensor | None = None,
     ) -> Tensor:
         """Compute the weighted RPCL terms.
@@ -462,13 +463,17 @@ class RPCLoss(nn.Module):
             rerun: zero-argument callable that re-runs the model's forward (needed when
                 ``consistency_weight > 0`` and ``corrupted_scores`` is not given).
             corrupted_scores: the corrupted view's scores, if computed by the caller (e.g. from
-                an input-level perturbation built by the collate function).
+                an input-level perturbation built by the collate function, gathered into the
+                clean view's ``(B, N, M)`` index space).
+            corrupted_valid: ``(B, N, M)`` bool, the pairs the corrupted view has too (e.g. the
+                pairs of utterances that survive a perturbation): the consistency term runs
+                over ``valid & corrupted_valid`` (default: ``valid``).
             utterances: optional ``(B, N)`` bool real-utterance mask (default: derived from
                 ``valid``).
         """
         self.last_replayed = Replay.NONE
         try:
-            return self._terms(scores, gold, valid, rerun, corrupted_scores, utterances)
+            return self._terms(scores, gold, valid, rerun, corrupted_scores, corrupted_valid, utterances)
         finally:
             if self._recording is not None:
                 self._recording.clear()  # never carry a clean output (and its graph) into the next step
@@ -480,6 +485,7 @@ class RPCLoss(nn.Module):
         valid: Tensor,
         rerun: Callable[[], Any] | None,
         corrupted_scores: Tensor | None,
+        corrupted_valid: Tensor | None,
         utterances: Tensor | None,
     ) -> Tensor:
         check_float("scores", scores)
@@ -508,7 +514,10 @@ class RPCLoss(nn.Module):
                     "(call RPCLoss inside the torch.autocast block of the clean forward, or cast "
                     "both to one dtype)"
                 )
-            c = self.consistency(scores, corrupted_scores, valid)
+            shared = valid
+            if corrupted_valid is not None:
+                shared = valid & check_mask("corrupted_valid", corrupted_valid, scores)
+            c = self.consistency(scores, corrupted_scores, shared)
             total = total + self.consistency_weight * c
             terms["consistency"] = c.detach()
         weight = self._warmup(total)

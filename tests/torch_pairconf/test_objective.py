@@ -311,3 +311,17 @@ def test_output_replay_restores_the_module_when_rerun_raises() -> None:
     model(batch["x"])  # runs the LSTM again
     rpcl.remove_hooks()
     assert not model.encoder._forward_hooks and not model.encoder._forward_pre_hooks
+
+
+def test_corrupted_valid_restricts_the_consistency_term() -> None:
+    batch = _batch()
+    scores = PairModel()(batch["x"]).detach()
+    corrupted = scores + torch.randn_like(scores)
+    shared = batch["valid"] & (torch.rand(scores.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
+    rpcl = RPCLoss(margin_weight=0.0)
+    got = rpcl(scores, batch["gold"], batch["valid"], corrupted_scores=corrupted, corrupted_valid=shared)
+    torch.testing.assert_close(got, consistency_loss(scores, corrupted, shared))
+    everywhere = rpcl(scores, batch["gold"], batch["valid"], corrupted_scores=corrupted)
+    torch.testing.assert_close(everywhere, consistency_loss(scores, corrupted, batch["valid"]))
+    with pytest.raises(TypeError, match="corrupted_valid must be a torch.bool tensor"):
+        rpcl(scores, batch["gold"], batch["valid"], corrupted_scores=corrupted, corrupted_valid=shared.float())
