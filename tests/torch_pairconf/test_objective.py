@@ -323,5 +323,5 @@ def test_corrupted_valid_restricts_the_consistency_term() -> None:
     torch.testing.assert_close(got, consistency_loss(scores, corrupted, shared))
     everywhere = rpcl(scores, batch["gold"], batch["valid"], corrupted_scores=corrupted)
     torch.testing.assert_close(everywhere, consistency_loss(scores, corrupted, batch["valid"]))
-    with pytest.raises(TypeError, match="corrupted_valid must be a torch.bool tensor"):
+    with pytest.raises(TypeError, match=r"corrupted_valid must be a torch\.bool tensor"):
         rpcl(scores, batch["gold"], batch["valid"], corrupted_scores=corrupted, corrupted_valid=shared.float())
