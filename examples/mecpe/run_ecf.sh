@@ -16,6 +16,13 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[examples]"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# One CPU code path on every x86 processor with AVX2 (torch's kernels, MKL, oneDNN): AVX-512
+# machines would otherwise round differently and give other per-seed numbers (README,
+# "Reproducibility"). An explicit setting in the environment wins.
+if grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
+    export ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-avx2} MKL_CBWR=${MKL_CBWR:-AVX2} \
+        ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-AVX2}
+fi
 python -m examples.mecpe.study --dataset ecf --data-dir "$data" --out "$out" \
     --arms base,rpcl --seeds 42,123,456 --modalities T --threads "${THREADS:-2}"
 mkdir -p examples/mecpe/results/ecf

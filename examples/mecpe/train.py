@@ -34,7 +34,7 @@ from .metrics import RunFacts, SplitMetrics, compute_metrics, run_metrics
 from .model import ModelConfig
 from .options import HelpFormatter
 from .predict import save_scores
-from .runtime import configure, resolve_device
+from .runtime import configure, numerics, resolve_device
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -119,6 +119,7 @@ def _run_record(
         "n_parameters": sum(p.numel() for p in state.model.parameters()),
         "device": str(device),
         "torch": torch.__version__,
+        "numerics": numerics(),
         "data": data.stats,
         "history": state.history,
         "best_epoch": state.best_epoch,
