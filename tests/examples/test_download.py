@@ -9,6 +9,7 @@ import dataclasses
 import doctest
 import errno
 import hashlib
+import json
 import os
 import re
 import socket
@@ -705,3 +706,27 @@ def test_docstring_examples_run() -> None:
     for module in (transfer, download, manual_files):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_study_fetches_a_tiny_ecf_on_first_use_and_reuses_it(
+    server: tuple[str, ServerState], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The main job's path end to end, without a data folder: the study resolves ECF, fetches it
+    from the (local) official source into the cache, trains and summarises; a second study reuses
+    the cache without a request."""
+    from examples.mecpe import study
+
+    base, state = server
+    monkeypatch.setitem(sources.SOURCES, "ecf", tiny_ecf(state, tmp_path))
+    monkeypatch.setenv(download.ENV_BASE_URL, base)
+    args = ["--dataset", "ecf", "--arms", "base,rpcl", "--seeds", "1", "--epochs", "1",
+            "--text-encoder", "hash", "--hash-buckets", "64", "--batch-size", "1", "--quiet",
+            "--no-plots", "--threads", "1"]  # fmt: skip
+    assert study.main([*args, "--out", str(tmp_path / "study")]) == 0
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    assert [r["arm"] for r in summary["runs"]] == ["base", "rpcl"]
+    assert sorted(p.name for p in cache_dir("ecf").iterdir()) == ["dev.txt", "test.txt", "train.txt", "video_id_mapping.npy"]
+    fetched = len(state.requests)
+    assert fetched == 4
+    assert study.main([*args, "--out", str(tmp_path / "again")]) == 0
+    assert len(state.requests) == fetched  # the cache is verified and reused: no network
