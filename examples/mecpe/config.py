@@ -243,7 +243,9 @@ class TrainConfig:
                 raise ValueError("--view-rate is a setting of an input-level --view, not of repr")
             return
         if self.arm != "rpcl":
-            raise ValueError(f"--view {self.view} is a setting of the rpcl arm, not of {self.arm!r}")
+            raise ValueError(
+                f"--view {self.view} is a setting of the rpcl arm, not of {self.arm!r}"
+            )
         for key in _REPR_VIEW_RPCL_ARGS:
             if key in self.rpcl_args:
                 raise ValueError(
@@ -272,7 +274,9 @@ class TrainConfig:
         (a missing key of a setting that declares ``absent=`` reads as that value)."""
         names = {f.name for f in fields(cls)}
         missing, unknown = sorted(names - set(d)), sorted(set(d) - names)
-        filled = {f.name: info(f).absent for f in fields(cls) if f.name in missing and info(f).has_absent}
+        filled = {
+            f.name: info(f).absent for f in fields(cls) if f.name in missing and info(f).has_absent
+        }
         missing = [name for name in missing if name not in filled]
         if missing or unknown:
             raise ValueError(
