@@ -250,3 +250,17 @@ def test_study_level_view_applies_to_the_rpcl_arms_only(tmp_path: Path) -> None:
     plan = mecpe_study._plan(study, mecpe_study._arms(study), ns)
     views = {(c.arm, c.view, c.view_rate) for c in plan}
     assert views == {("base", "repr", None), ("rpcl", "delete", 0.2)}
+
+
+def test_a_study_with_an_input_view_says_so(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "study"
+    argv = ["--data-dir", str(tiny), "--seeds", "1", "--epochs", "1", "--text-encoder", "hash",
+            "--hash-buckets", "1024", "--out", str(out), "--quiet", "--device", "cpu",
+            "--no-plots", "--view", "delete", "--view-rate", "0.2"]  # fmt: skip
+    assert mecpe_study.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["rpcl_view"] == [{"view": "delete", "view_rate": 0.2}]
+    assert "; corrupted view: delete (rate 0.2)" in (out / "summary.md").read_text()
+    assert json.loads((out / "base-seed1" / "run.json").read_text())["config"]["view"] == "repr"
