@@ -129,7 +129,9 @@ def _perturbation(args: argparse.Namespace) -> tuple[str, float, int] | None:
         rate = float(args.rate)
     except ValueError:
         rate = math.nan
-    rate = check_rate(rate if math.isfinite(rate) else args.rate, "--rate")
+    if not math.isfinite(rate):
+        raise ValueError(f"--rate must be a number in [0, 1], got {args.rate!r}")
+    rate = check_rate(rate, "--rate")
     seed = DEFAULT_PERTURB_SEED
     if args.perturb_seed is not None:
         try:

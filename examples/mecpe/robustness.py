@@ -49,7 +49,8 @@ table per family: arms' mean ± std over runs, paired differences against ``--ba
     python -m examples.mecpe.robustness --study runs/ecf --split dev   # for choosing on dev
 
 Each run's results are kept in ``OUT/runs/<run>.json`` as soon as they are computed and reused
-by a later call with the same settings and checkpoint, so an interrupted study resumes.
+by a later call with the same settings and checkpoint, so an interrupted study resumes (delete
+``OUT/runs`` to recompute after changing the evaluation code).
 """
 
 from __future__ import annotations
@@ -486,9 +487,12 @@ class RobustnessConfig:
     )
     out: str | None = option(None, "output folder (default: STUDY/robustness-SPLIT)")
     families: tuple[str, ...] = option(
-        FAMILIES, f"comma-separated perturbation families, of {', '.join(FAMILIES)}"
+        FAMILIES, f"comma-separated perturbation families (default: all, {','.join(FAMILIES)})"
     )
-    rates: tuple[float, ...] = option(DEFAULT_RATES, "comma-separated rates in [0, 1]")
+    rates: tuple[float, ...] = option(
+        DEFAULT_RATES,
+        f"comma-separated rates in [0, 1] (default: {','.join(f'{r:g}' for r in DEFAULT_RATES)})",
+    )
     perturb_seed: int = option(
         DEFAULT_PERTURB_SEED, "seed of every perturbation (every run sees the same conversations)"
     )

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from examples.mecpe import evaluate as mecpe_evaluate
 from examples.mecpe import robustness, study
 from examples.mecpe import text as text_mod
+from examples.mecpe import train as mecpe_train
 from examples.mecpe.batching import build_examples, collate
 from examples.mecpe.config import TrainConfig
 from examples.mecpe.data import Conversation
@@ -35,7 +36,7 @@ from examples.mecpe.robustness import (
     view_metrics,
 )
 
-from .helpers import error_lines, train
+from .helpers import error_lines, train, write_mecad
 from .test_evaluate_cli import strict_json
 from .test_perturb import make_split
 
@@ -348,6 +349,25 @@ def test_a_dev_split_study_and_a_dev_only_run(
         ("insert", 0.0), ("insert", 0.5), ("speaker", 0.0), ("speaker", 0.5)
     ]
     assert run["checks"]["clean_matches_run"] and run["checks"]["rate0_identical"]
+
+
+def test_a_cross_validation_study_evaluates_each_runs_own_test_fold(tmp_path: Path) -> None:
+    data = write_mecad(tmp_path / "mecad")
+    for fold in (0, 3):
+        argv = ["--dataset", "mecad", "--data-dir", str(data), "--fold", str(fold),
+                "--epochs", "1", "--hash-buckets", "1024", "--quiet", "--device", "cpu",
+                "--out", str(tmp_path / "s" / f"base-seed1-fold{fold}")]  # fmt: skip
+        assert mecpe_train.main(argv) == 0
+    argv = ["--study", str(tmp_path / "s"), "--families", "delete", "--rates", "0,0.5",
+            "--device", "cpu", "--quiet", "--no-plots"]  # fmt: skip
+    assert robustness.main(argv) == 0
+    report = strict_json((tmp_path / "s" / "robustness-test" / "robustness.json").read_text())
+    assert [r["fold"] for r in report["runs"]] == [0, 3]
+    for run in report["runs"]:
+        assert run["checks"] == {"clean_matches_run": True, "rate0_identical": True}
+        stored = json.loads((Path(run["run"]) / "run.json").read_text())
+        convs = run["views"][0]["perturbation"]["conversations"]
+        assert convs == stored["data"]["test"]["conversations"]  # the fold's own test dialogues
 
 
 # ----------------------------------------------------------------------- evaluate --perturb
