@@ -8,7 +8,9 @@ Validation happens in one place (``__post_init__``), and :meth:`TrainConfig.to_d
 
 Adding a setting is one field here (then use it where it acts). Files written before a field
 existed lack its key and are refused: bump :data:`examples.mecpe.checkpoint.FORMAT` with it, so
-that they are refused by their format version.
+that they are refused by their format version. The exception is a new switch whose value before
+it existed is unambiguous (``view``: every older run used RPCLoss's representation view): it
+declares that value as ``absent=`` and older files read as it, so finished studies stay readable.
 
 Example::
 
@@ -47,6 +49,8 @@ from .options import (
 
 __all__ = [
     "ARMS",
+    "DEFAULT_VIEW_RATE",
+    "VIEWS",
     "TrainConfig",
     "add_train_options",
     "config_from_args",
@@ -57,10 +61,21 @@ __all__ = [
 
 ARMS: tuple[str, ...] = ("base", "rpcl")
 
+#: RPCL's corrupted views: ``repr`` (RPCLoss corrupts the context encoder's output in its own
+#: second pass) or an input-level view built per batch (:mod:`examples.mecpe.views`).
+VIEWS: tuple[str, ...] = ("repr", "insert", "delete", "insert+delete")
+
+#: RPCLoss keywords that configure its own representation view (meaningless with an input view).
+_REPR_VIEW_RPCL_ARGS = ("where", "field", "reuse_output", "p", "mode")
+
+#: Rate of an input-level view when ``--view-rate`` is not given.
+DEFAULT_VIEW_RATE = 0.3
+
 #: RPCLoss keywords the trainer sets itself (or that take modules, which a CLI cannot pass).
 _RESERVED_RPCL_ARGS = ("model", "scores_fn", "generator", "corruption", "consistency")
 
 _AT_LEAST_2 = Check(lambda v: v >= 2, ">= 2")
+_RATE = Check(lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 @dataclass
@@ -108,6 +123,21 @@ class TrainConfig:
         "RPCLoss keyword of the rpcl arm (repeatable), e.g. margin_weight=0.3 where=output",
         factory=dict,
         flag="--rpcl-arg",
+    )
+    view: str = option(
+        "repr",
+        "corrupted view of the rpcl arm's consistency term: repr (RPCLoss zeroes non-gold "
+        "context representations in its own second pass), or a second input built per batch "
+        "from the training conversations and run through the model: insert (utterances of "
+        "other conversations inserted), delete (non-gold utterances removed), insert+delete",
+        choices=VIEWS,
+        absent="repr",
+    )
+    view_rate: float | None = option(
+        None,
+        f"per-utterance probability of an input-level --view (default {DEFAULT_VIEW_RATE})",
+        check=_RATE,
+        absent=None,
     )
     seed: int = option(42, "seed of the weights, data order, dropout and corruption", scope="run")
     # ---- optimisation
@@ -204,6 +234,27 @@ class TrainConfig:
         if self.rpcl_args and self.arm != "rpcl":
             raise ValueError(f"--rpcl-arg is a setting of the rpcl arm, not of {self.arm!r}")
         _check_rpcl_args(self.rpcl_args)
+        self._check_view()
+
+    def _check_view(self) -> None:
+        """An input-level view is an rpcl-arm setting with a rate; repr takes no rate."""
+        if self.view == "repr":
+            if self.view_rate is not None:
+                raise ValueError("--view-rate is a setting of an input-level --view, not of repr")
+            return
+        if self.arm != "rpcl":
+            raise ValueError(
+                f"--view {self.view} is a setting of the rpcl arm, not of {self.arm!r}"
+            )
+        for key in _REPR_VIEW_RPCL_ARGS:
+            if key in self.rpcl_args:
+                raise ValueError(
+                    f"--rpcl-arg {key}: a setting of RPCLoss's own representation view "
+                    f"(--view repr); --view {self.view} builds its input-level view itself "
+                    "(its rate: --view-rate)"
+                )
+        if self.view_rate is None:
+            self.view_rate = DEFAULT_VIEW_RATE
 
     def ema_step_decay(self, steps_per_epoch: int) -> float:
         """Per-step decay of the weight average (0: no average)."""
@@ -219,15 +270,20 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> TrainConfig:
-        """Rebuild from :meth:`to_dict` output; missing or unknown keys raise naming ``source``."""
+        """Rebuild from :meth:`to_dict` output; missing or unknown keys raise naming ``source``
+        (a missing key of a setting that declares ``absent=`` reads as that value)."""
         names = {f.name for f in fields(cls)}
         missing, unknown = sorted(names - set(d)), sorted(set(d) - names)
+        filled = {
+            f.name: info(f).absent for f in fields(cls) if f.name in missing and info(f).has_absent
+        }
+        missing = [name for name in missing if name not in filled]
         if missing or unknown:
             raise ValueError(
                 f"{source}: the settings do not match this trainer's (missing: "
                 f"{', '.join(missing) or '-'}; unknown: {', '.join(unknown) or '-'})"
             )
-        return cls(**d)
+        return cls(**filled, **d)
 
     def diff(self, saved: dict[str, Any], may_differ: set[str]) -> str:
         """``"key: saved → self, ..."`` for the settings outside ``may_differ`` ("" if none)."""

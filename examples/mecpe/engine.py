@@ -5,10 +5,18 @@ The RPCL arm is the base plus exactly two lines (:func:`build_state`, :func:`tra
     rpcl = RPCLoss(model.context, scores_fn=lambda out: out.pair_logits, generator=g, **args)
     loss = loss + rpcl(out.pair_logits, batch.gold, batch.valid, rerun=lambda: model(batch))
 
+With an input-level corrupted view (``--view insert|delete|insert+delete``,
+:mod:`examples.mecpe.views`) the second pass is the model run on that view instead::
+
+    aligned = view.aligned_logits(model, batch)    # the view's pair logits, clean index space
+    loss = loss + rpcl(out.pair_logits, batch.gold, batch.valid,
+                       corrupted_scores=aligned.scores, corrupted_valid=aligned.shared)
+
 Random numbers are drawn in a fixed order so that both arms share initial weights and data
 order: every global RNG is seeded, the model is built (its initialisation), then the data
-order comes from a dedicated generator seeded with ``seed`` and the RPCL corruption from one
-seeded with ``seed + 1``; dropout draws from the global torch RNG.
+order comes from a dedicated generator seeded with ``seed``, the RPCL corruption from one
+seeded with ``seed + 1`` and an input-level view from one seeded with ``seed + 2``; dropout
+draws from the global torch RNG.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from .metrics import epoch_metrics
 from .model import MECPEModel, ModelConfig, mecpe_loss
 from .predict import Predictions, predict
 from .runtime import seed_everything
+from .views import InputView, ViewBatch
 
 __all__ = [
     "EpochResult",
@@ -54,12 +63,15 @@ class TrainState:
         optimizer: its AdamW optimizer.
         ema: the exponential moving average of the weights, or ``None`` (no average).
         rpcl: the RPCL loss of the rpcl arm, or ``None``.
-        gens: the dedicated generators (``order``; ``corrupt`` for the rpcl arm).
+        gens: the dedicated generators (``order``; ``corrupt`` for the rpcl arm; ``view`` with
+            an input-level view).
         history: one entry per finished epoch (losses, dev metrics, seconds).
         best_f1: the best dev Pair F1 so far (selection rule of both arms).
         best_epoch: its epoch (1-based; -1 before the first).
         epoch: finished epochs.
         train_seconds: wall time spent training so far.
+        view: the input-level view builder of the rpcl arm's consistency term, or ``None``
+            (``--view repr``, or no consistency term).
     """
 
     model: MECPEModel
@@ -72,6 +84,7 @@ class TrainState:
     best_epoch: int = -1
     epoch: int = 0
     train_seconds: float = 0.0
+    view: InputView | None = None
 
     @property
     def eval_model(self) -> MECPEModel:
@@ -105,15 +118,22 @@ def build_state(
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay > 0 else None
     gens = {"order": torch.Generator().manual_seed(cfg.seed)}
     rpcl: RPCLoss | None = None
+    view: InputView | None = None
     if cfg.arm == "rpcl":
         gens["corrupt"] = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        input_view = cfg.view != "repr"
         rpcl = RPCLoss(
-            model.context,
+            None if input_view else model.context,  # an input view: no representation pass
             scores_fn=lambda out: out.pair_logits,
             generator=gens["corrupt"],
             **cfg.rpcl_args,
         ).to(device)
-    return TrainState(model, optimizer, ema, rpcl, gens)
+        if input_view:
+            gens["view"] = torch.Generator().manual_seed(cfg.seed + 2)
+            if rpcl.consistency_weight > 0:
+                assert cfg.view_rate is not None  # TrainConfig: an input view has a rate
+                view = InputView(cfg.view, cfg.view_rate, gens["view"])
+    return TrainState(model, optimizer, ema, rpcl, gens, view=view)
 
 
 def train_step(
@@ -122,12 +142,27 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     rpcl: RPCLoss | None,
     cfg: TrainConfig,
+    *,
+    view: ViewBatch | None = None,
 ) -> dict[str, float]:
-    """One optimisation step; returns the detached loss terms (``loss``, ``pair``, ...)."""
+    """One optimisation step; returns the detached loss terms (``loss``, ``pair``, ...).
+
+    ``view``: the batch's input-level corrupted view (RPCL's second pass runs the model on it).
+    """
     out = model(batch)
     loss, parts = mecpe_loss(out, batch, pair_weight=cfg.pair_weight, pos_weight=cfg.pos_weight)
     if rpcl is not None:
-        loss = loss + rpcl(out.pair_logits, batch.gold, batch.valid, rerun=lambda: model(batch))
+        if view is not None:
+            aligned = view.aligned_logits(model, batch)
+            loss = loss + rpcl(
+                out.pair_logits,
+                batch.gold,
+                batch.valid,
+                corrupted_scores=aligned.scores,
+                corrupted_valid=aligned.shared,
+            )
+        else:
+            loss = loss + rpcl(out.pair_logits, batch.gold, batch.valid, rerun=lambda: model(batch))
         parts.update({f"rpcl_{k}": float(v) for k, v in rpcl.last.items()})
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -168,7 +203,16 @@ def train_epoch(
             window=cfg.window,
             cause_not_after_emotion=cfg.cause_not_after_emotion,
         ).to(device)
-        parts = train_step(state.model, batch, state.optimizer, state.rpcl, cfg)
+        view = None
+        if state.view is not None:  # the training split is the distractor pool
+            view = state.view.batch(
+                examples,
+                idx,
+                window=cfg.window,
+                cause_not_after_emotion=cfg.cause_not_after_emotion,
+                device=device,
+            )
+        parts = train_step(state.model, batch, state.optimizer, state.rpcl, cfg, view=view)
         if state.ema is not None:
             state.ema.update_parameters(state.model)
         sums.update(parts)

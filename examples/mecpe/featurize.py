@@ -6,7 +6,8 @@ tables). :func:`load_data` reads the splits of a run — the dataset's own train
 ``cv`` fold over every dialogue (:mod:`examples.mecpe.folds`) — through the dataset registry
 (:mod:`examples.mecpe.datasets`) and returns them with data statistics as a
 :class:`DataBundle`. With ``dev_only`` the test split is neither loaded nor featurized (``cv``:
-its fold is set aside unread).
+its fold is set aside unread). :func:`load_split_examples` returns one split's conversations
+with their examples, read the same way (for evaluations that rewrite the conversations).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from .features import FeatureTable, modality_flags
 from .folds import cv_parts, dev_fold, series_folds, series_of
 from .sources import SOURCES
 
-__all__ = ["DataBundle", "featurize", "load_data", "load_feature_tables"]
+__all__ = [
+    "DataBundle",
+    "featurize",
+    "load_data",
+    "load_feature_tables",
+    "load_split_examples",
+]
 
 
 def load_feature_tables(cfg: TrainConfig) -> dict[str, FeatureTable]:
@@ -208,3 +215,18 @@ def load_data(cfg: TrainConfig) -> DataBundle:
         video_dim=None if first.video is None else int(first.video.shape[1]),
         stats=stats,
     )
+
+
+def load_split_examples(cfg: TrainConfig, split: str) -> tuple[list[Conversation], list[Example]]:
+    """One split of a run, ``(conversations, examples)``, read and featurized as
+    :func:`load_data` reads it (the dataset's own file, or the ``cv`` fold's dialogues)."""
+    if split not in datasets.SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(datasets.SPLITS)}")
+    if split == "test" and cfg.dev_only:
+        raise ValueError("the run was trained with --dev-only: its test split is never read")
+    load = _load_cv_fold if cfg.protocol == "cv" else _load_splits
+    splits, _ = load(cfg, data_folder(cfg))
+    convs, examples = splits[split]
+    if not examples:
+        raise ValueError(f"the {split} split is empty")
+    return convs, examples

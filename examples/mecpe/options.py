@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "AT_LEAST_1",
     "NON_NEGATIVE",
+    "NOT_ABSENT",
     "POSITIVE",
     "UNIT_INTERVAL",
     "UNIT_OPEN",
@@ -56,6 +57,17 @@ __all__ = [
 ]
 
 _META_KEY = "option"
+
+
+class _NotAbsent:
+    """The type of :data:`NOT_ABSENT`."""
+
+    def __repr__(self) -> str:
+        return "NOT_ABSENT"
+
+
+#: :attr:`OptionInfo.absent` of a setting that every stored file must hold.
+NOT_ABSENT: Any = _NotAbsent()
 
 
 class Check(NamedTuple):
@@ -90,6 +102,10 @@ class OptionInfo:
         data: the setting changes the loaded examples (runs that agree on every such setting
             can share them).
         required: the command line must give it.
+        absent: the value that a run file or checkpoint written before this setting existed
+            ran with, for a setting whose one value before it existed is unambiguous (a new
+            switch, off); such a file lacks the key and reads as this value. Unset
+            (:data:`NOT_ABSENT`): a file without the key is refused (bump the file format).
     """
 
     help: str
@@ -101,6 +117,12 @@ class OptionInfo:
     on_resume: str | None = None
     data: bool = False
     required: bool = False
+    absent: Any = NOT_ABSENT
+
+    @property
+    def has_absent(self) -> bool:
+        """Whether a file without this setting's key reads as :attr:`absent`."""
+        return self.absent is not NOT_ABSENT
 
     def allowed(self) -> Sequence[Any] | None:
         """The allowed values (``None``: any)."""

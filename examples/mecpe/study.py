@@ -10,8 +10,8 @@ once the run is complete unless ``--keep-last-checkpoint`` (``best.pt`` is alway
 that agree on every data setting share their loaded examples. Then ``summary.json``,
 ``summary.md`` and the plots (``gap_hist.png``, ``pr_curve.png``, ``reliability.png``) are
 written to ``OUT`` (:mod:`examples.mecpe.summary`); with ``--dev-only`` no run evaluates the
-test split and every table and plot is of dev. Study-level ``--rpcl-arg`` apply to the rpcl
-arms only.
+test split and every table and plot is of dev. Study-level ``--rpcl-arg``, ``--view`` and
+``--view-rate`` (RPCL's corrupted view) apply to the rpcl arms only.
 
 Examples::
 
@@ -125,8 +125,11 @@ class _ArmParser(argparse.ArgumentParser):
         self.source = arm.source
         ns = self.parse_args(list(arm.args), namespace=argparse.Namespace(**vars(study)))
         values = values_from(ns, TrainConfig, include=lambda f: info(f).scope in ("shared", "arm"))
-        if values["arm"] != "rpcl" and ns.rpcl_args == study.rpcl_args:
-            values["rpcl_args"] = {}  # the study's --rpcl-arg are the rpcl arms'
+        if values["arm"] != "rpcl":
+            # the study's --rpcl-arg, --view and --view-rate are the rpcl arms'
+            for name, unset in (("rpcl_args", {}), ("view", "repr"), ("view_rate", None)):
+                if getattr(ns, name) == getattr(study, name):
+                    values[name] = unset
         return values
 
 

@@ -37,7 +37,9 @@ from .config import run_fields
 __all__ = ["aggregate", "collect_runs", "run_label", "summarize", "write_markdown"]
 
 #: Config keys that are not study-level settings (set per run or per arm, or runtime only).
-_PER_RUN = run_fields("run", "arm") | {"rpcl_args", "quiet", "threads", "device"}
+_PER_RUN = run_fields("run", "arm") | {
+    "rpcl_args", "view", "view_rate", "quiet", "threads", "device"
+}  # fmt: skip
 
 
 def run_label(config: dict[str, Any]) -> str:
@@ -121,6 +123,13 @@ def _study_config(configs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     config["rpcl_args"] = rpcl_cfgs[0] if rpcl_cfgs else {}
     if any(c != config["rpcl_args"] for c in rpcl_cfgs):
         config["rpcl_args_differ"] = True
+    # RPCL's corrupted view, when an arm uses an input-level one (files without it used repr)
+    views = sorted(
+        {(c.get("view", "repr"), c.get("view_rate")) for c in configs if c["arm"] == "rpcl"},
+        key=str,
+    )
+    if any(v != "repr" for v, _ in views):
+        config["rpcl_view"] = [{"view": v, "view_rate": r} for v, r in views]
     config["arms"] = list(dict.fromkeys(run_label(c) for c in configs))
     config["seeds"] = sorted({int(c["seed"]) for c in configs})
     folds_seen = sorted({c["fold"] for c in configs if c.get("fold") is not None})
@@ -319,7 +328,15 @@ def write_markdown(summary: dict[str, Any], plot_names: Sequence[str] = ()) -> s
         f"model selection: dev Pair F1"
         + ("; dev only (the test split was not evaluated)." if splits == ("dev",) else ".")
     )
-    lines += [f"RPCL arguments: `{json.dumps(cfg.get('rpcl_args', {}))}`", ""]
+    views = ", ".join(
+        v["view"] + ("" if v["view_rate"] is None else f" (rate {v['view_rate']:g})")
+        for v in cfg.get("rpcl_view", [])
+    )
+    lines += [
+        f"RPCL arguments: `{json.dumps(cfg.get('rpcl_args', {}))}`"
+        + (f"; corrupted view: {views}" if views else ""),
+        "",
+    ]
     if "settings" in summary:
         lines += _setting_table(summary, splits)
     else:

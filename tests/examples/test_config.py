@@ -36,6 +36,8 @@ SAMPLES: dict[str, tuple[list[str], Any]] = {
         ["--arm", "rpcl", "--rpcl-arg", "margin_weight=0.3", "--rpcl-arg", "where=input"],
         {"margin_weight": 0.3, "where": "input"},
     ),
+    "view": (["--arm", "rpcl", "--view", "insert+delete"], "insert+delete"),
+    "view_rate": (["--arm", "rpcl", "--view", "delete", "--view-rate", "0.5"], 0.5),
     "seed": (["--seed", "7"], 7),
     "epochs": (["--epochs", "3"], 3),
     "batch_size": (["--batch-size", "4"], 4),
@@ -135,6 +137,18 @@ def test_dataset_defaults_come_from_the_registry() -> None:
         ({"rpcl_args": {"margin_weight": 0.3}}, "--rpcl-arg is a setting of the rpcl arm"),
         ({"arm": "rpcl", "rpcl_args": {"margn_weight": 0.3}}, "--rpcl-arg margn_weight: not an"),
         ({"arm": "rpcl", "rpcl_args": {"generator": 1}}, "--rpcl-arg generator: not an"),
+        ({"view": "insert"}, "--view insert is a setting of the rpcl arm, not of 'base'"),
+        ({"view": "shuffle"}, "unknown view 'shuffle'"),
+        ({"arm": "rpcl", "view_rate": 0.2}, "--view-rate is a setting of an input-level --view"),
+        ({"arm": "rpcl", "view": "delete", "view_rate": 1.5}, r"view_rate must be in \[0, 1\]"),
+        (
+            {"arm": "rpcl", "view": "insert", "rpcl_args": {"p": 0.5}},
+            "--rpcl-arg p: a setting of RPCLoss's own representation view",
+        ),
+        (
+            {"arm": "rpcl", "view": "delete", "rpcl_args": {"where": "input"}},
+            "--rpcl-arg where: a setting of RPCLoss's own representation view",
+        ),
     ],
 )
 def test_validation_names_the_setting(kwargs: dict[str, Any], match: str) -> None:
@@ -160,6 +174,23 @@ def test_dict_round_trip_is_strict() -> None:
         TrainConfig.from_dict(old, source="run.json")
     with pytest.raises(ValueError, match="unknown: cause_not_after"):
         TrainConfig.from_dict({**cfg.to_dict(), "cause_not_after": False})
+
+
+def test_an_input_view_defaults_its_rate_and_composes_with_the_rpcl_settings() -> None:
+    cfg = TrainConfig(arm="rpcl", view="insert", rpcl_args={"margin_weight": 0.3, "divergence": "js"})
+    assert cfg.view_rate == 0.3
+    assert TrainConfig(arm="rpcl").view_rate is None  # repr takes no rate
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_files_written_before_the_view_setting_read_as_the_repr_view() -> None:
+    """view / view_rate declare absent=: a format-2 file without them is RPCLoss's own view."""
+    cfg = TrainConfig(arm="rpcl", rpcl_args={"p": 0.5})
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("view", "view_rate")}
+    assert TrainConfig.from_dict(old) == cfg
+    assert cfg.diff(old, set()) == ""
+    absent = {f.name for f in fields(TrainConfig) if info(f).has_absent}
+    assert absent == {"view", "view_rate"}  # every other setting must be in the file
 
 
 def test_diff_lists_what_differs() -> None:

@@ -7,7 +7,16 @@ import importlib
 
 import pytest
 
-MODULES = ("options", "config", "datasets", "folds", "metrics", "checkpoint")
+MODULES = (
+    "options",
+    "config",
+    "datasets",
+    "folds",
+    "metrics",
+    "checkpoint",
+    "views",
+    "robustness",
+)
 
 
 @pytest.mark.parametrize("name", MODULES)
