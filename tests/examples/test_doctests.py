@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ("options", "config", "datasets", "folds", "metrics", "checkpoint")
+MODULES = ("options", "config", "datasets", "folds", "metrics", "checkpoint", "calibration")
 
 
 @pytest.mark.parametrize("name", MODULES)
