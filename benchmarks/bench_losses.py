@@ -2,7 +2,12 @@
 
 For every size ``(B, N = M)`` and op (``miner`` = :func:`torch_pairconf.mine_hard_negatives`
 with k=1, ``margin_k1`` / ``margin_k4`` = :class:`torch_pairconf.PairMarginLoss`, ``consistency``
-= :class:`torch_pairconf.ConsistencyLoss`), in ``fwd`` and ``fwdbwd`` mode:
+= :class:`torch_pairconf.ConsistencyLoss`; the rank-only candidates ``ap_batch`` / ``ap_row`` =
+:class:`torch_pairconf.PairAPLoss`, ``auc_batch`` / ``auc_row`` =
+:class:`torch_pairconf.PairAUCLoss` (squared hinge, every negative), ``listwise_all`` =
+:class:`torch_pairconf.PairListwiseLoss` with ``k=None``, ``relative_mean`` =
+:class:`torch_pairconf.PairRelativeMarginLoss` with ``anchor="mean"``), in ``fwd`` and
+``fwdbwd`` mode:
 
 * ``ours``: the library call (``fwdbwd``: forward, then ``backward`` of the scalar loss, or of
   ``values.sum()`` for the miner; ``.grad`` is dropped at the end of each call, so no
@@ -39,7 +44,16 @@ from typing import Any
 
 import torch
 
-from torch_pairconf import ConsistencyLoss, PairMarginLoss, mine_hard_negatives, valid_from_lengths
+from torch_pairconf import (
+    ConsistencyLoss,
+    PairAPLoss,
+    PairAUCLoss,
+    PairListwiseLoss,
+    PairMarginLoss,
+    PairRelativeMarginLoss,
+    mine_hard_negatives,
+    valid_from_lengths,
+)
 
 from ._common import (
     DTYPES,
@@ -58,10 +72,18 @@ from .loop_reference import (
     all_rows,
     loop_consistency_loss,
     loop_mine_hard_negatives,
+    loop_pair_ap_loss,
+    loop_pair_auc_loss,
+    loop_pair_listwise_loss,
     loop_pair_margin_loss,
+    loop_pair_relative_margin_loss,
 )
 
-OPS = ("miner", "margin_k1", "margin_k4", "consistency")
+#: The ops the speed and memory targets were set for (the RPCL terms) ...
+TARGET_OPS = ("miner", "margin_k1", "margin_k4", "consistency")
+#: ... and the rank-only ranking candidates, reported next to them (and checked for O(N^3) memory).
+RANKING_OPS = ("ap_batch", "ap_row", "auc_batch", "auc_row", "listwise_all", "relative_mean")
+OPS = TARGET_OPS + RANKING_OPS
 MODES = ("fwd", "fwdbwd")
 FULL_B = (1, 8, 32, 128)
 FULL_N = (8, 33, 64, 128, 256)
@@ -152,6 +174,29 @@ def loop_rows(b: int, n: int, max_rows: int) -> tuple[list[Row] | None, int]:
     return rows, len(rows)
 
 
+def _ranking_pair(
+    op: str,
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[Row] | None], torch.Tensor]]:
+    """The library module of a ranking op and its loop baseline ``(scores, gold, valid, rows)``."""
+    if op.startswith("ap_"):
+        scope = op.removeprefix("ap_")
+        return PairAPLoss(scope, temperature=1.0), lambda s, g, v, r: loop_pair_ap_loss(
+            s, g, v, scope=scope, temperature=1.0, rows=r
+        )
+    if op.startswith("auc_"):
+        scope = op.removeprefix("auc_")
+        return PairAUCLoss(scope, margin=1.0), lambda s, g, v, r: loop_pair_auc_loss(
+            s, g, v, scope=scope, margin=1.0, rows=r
+        )
+    if op == "listwise_all":
+        return PairListwiseLoss(None), lambda s, g, v, r: loop_pair_listwise_loss(s, g, v, rows=r)
+    if op == "relative_mean":
+        return PairRelativeMarginLoss(1.0, anchor="mean"), lambda s, g, v, r: (
+            loop_pair_relative_margin_loss(s, g, v, margin=1.0, anchor="mean", rows=r)
+        )
+    raise ValueError(f"unknown ranking op {op!r}; choose from {RANKING_OPS}")
+
+
 def _closures(
     op: str, mode: str, inp: Inputs, rows: list[Row] | None
 ) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -181,6 +226,16 @@ def _closures(
 
         def loop_out() -> torch.Tensor:
             return loop_pair_margin_loss(x, gold, valid, margin=0.2, k=k, space="prob", rows=rows)
+
+    elif op in RANKING_OPS:
+        ranking, loop_fn = _ranking_pair(op)
+
+        def ours_out() -> torch.Tensor:
+            loss: torch.Tensor = ranking(x, gold, valid)
+            return loss
+
+        def loop_out() -> torch.Tensor:
+            return loop_fn(x, gold, valid, rows)
 
     elif op == "consistency":
         cons = ConsistencyLoss(divergence="kl", detach_clean=True)
@@ -326,7 +381,7 @@ def evaluate_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     mem = [r for r in f32 if r["mode"] == "fwdbwd" and r["extra_mem_x"] is not None]
-    for op in OPS:
+    for op in TARGET_OPS:
         sel = [r for r in mem if r["op"] == op]
         worst = max(sel, key=lambda r: r["extra_mem_x"]) if sel else None
         out.append(
@@ -338,7 +393,7 @@ def evaluate_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "pass": None if worst is None else worst["extra_mem_x"] <= 4.0,
             }
         )
-    # O(N^3) check: the multiple of the input (itself O(N^2)) must not grow with N.
+    # O(N^3) check, every op: the multiple of the input (itself O(N^2)) must not grow with N.
     growth: list[str] = []
     for op in OPS:
         for b in sorted({r["B"] for r in mem}):
@@ -428,8 +483,13 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, b: int = 32, dtype: str = "
     sel = [r for r in rows if r["B"] == b and r["mode"] == "fwdbwd" and r["dtype"] == dtype]
     if not sel:
         return False
-    fig, axes = plt.subplots(1, len(OPS), figsize=(4 * len(OPS), 3.6), sharey=True)
-    for ax, op in zip(axes, OPS, strict=True):
+    ncols = 5
+    nrows = math.ceil(len(OPS) / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.6 * nrows), sharey=True, squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(OPS) :]:
+        ax.set_visible(False)
+    for ax, op in zip(axes, OPS, strict=False):
         pts = sorted((r for r in sel if r["op"] == op), key=lambda r: r["N"])
         ns = [r["N"] for r in pts]
         ax.plot(ns, [r["ours_s"] for r in pts], "o-", label="ours")
@@ -452,7 +512,8 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, b: int = 32, dtype: str = "
         ax.set_title(f"{op}")
         ax.set_xlabel("N = M")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("seconds (median)")
+    for row in grid:
+        row[0].set_ylabel("seconds (median)")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"fwd+bwd, B={b}, {dtype}, {sel[0]['device']}")
     fig.tight_layout()

@@ -6,6 +6,10 @@ divergence per row), which is how these quantities are typically first written. 
 the same quantity as the library (checked in ``tests/benchmarks/test_bench_smoke.py``) but
 are not meant to be used: they exist to be timed.
 
+The ranking terms with ``scope="batch"`` compare each gold pair of a row with every valid pair
+(or negative) of the batch, gathered once by boolean indexing; per row that is a
+``(gold, batch)`` tensor, which is how such a term is usually first written.
+
 Rows are taken with ``unbind`` (views whose backward is a single ``stack``) rather than
 ``scores[b, i]`` (whose backward materialises a full ``(B, N, M)`` zero tensor per row), so the
 baseline is O(B·N·M) like the library and not artificially quadratic.
@@ -23,7 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["all_rows", "loop_consistency_loss", "loop_mine_hard_negatives", "loop_pair_margin_loss"]
+__all__ = [
+    "all_rows",
+    "loop_consistency_loss",
+    "loop_mine_hard_negatives",
+    "loop_pair_ap_loss",
+    "loop_pair_auc_loss",
+    "loop_pair_listwise_loss",
+    "loop_pair_margin_loss",
+    "loop_pair_relative_margin_loss",
+]
 
 Row = tuple[int, int]
 
@@ -134,3 +147,118 @@ def loop_consistency_loss(
         total = total + d.sum()
         count += int(v.sum())
     return (total / max(count, 1)).to(clean.dtype)
+
+
+def _kappa(d: Tensor) -> Tensor:
+    """The Laplace-CDF smooth step of :mod:`torch_pairconf.ranking_ap` (no overflowing branch)."""
+    half_tail = 0.5 * torch.exp(-d.abs())
+    return torch.where(d >= 0, 1 - half_tail, half_tail)
+
+
+def loop_pair_ap_loss(
+    scores: Tensor,
+    gold: Tensor,
+    valid: Tensor,
+    scope: str = "batch",
+    temperature: float = 1.0,
+    rows: Sequence[Row] | None = None,
+) -> Tensor:
+    """Per-row smoothed AP loss with a pairwise ``(gold, scope)`` kernel matrix, mean over
+    contributing gold pairs (``reduction="mean"`` of :func:`torch_pairconf.pair_ap_loss`)."""
+    z_all = scores / temperature
+    batch_valid = z_all[valid]  # the batch scope: every valid pair (boolean indexing)
+    batch_gold = z_all[gold & valid]
+    batch_has_neg = bool((valid & ~gold).any())
+    total = scores.new_zeros((), dtype=torch.float32)
+    count = 0
+    for z, g, v in _iter_rows(rows, z_all, gold, valid):
+        pos = v & g
+        if not bool(pos.any()):
+            continue
+        if scope == "row":
+            if not bool((v & ~g).any()):
+                continue
+            others, others_gold = z[v], z[pos]
+        else:
+            if not batch_has_neg:
+                continue
+            others, others_gold = batch_valid, batch_gold
+        zg = z[pos]
+        # every comparison includes the pair itself (kappa(0) = 1/2): remove it from both ranks
+        r_valid = 0.5 + _kappa(others[None, :] - zg[:, None]).sum(-1)
+        r_gold = 0.5 + _kappa(others_gold[None, :] - zg[:, None]).sum(-1)
+        total = total + ((r_valid - r_gold) / r_valid).sum()
+        count += int(pos.sum())
+    return (total / max(count, 1)).to(scores.dtype)
+
+
+def loop_pair_auc_loss(
+    scores: Tensor,
+    gold: Tensor,
+    valid: Tensor,
+    scope: str = "batch",
+    margin: float = 1.0,
+    surrogate: str = "squared_hinge",
+    rows: Sequence[Row] | None = None,
+) -> Tensor:
+    """Per-row pairwise AUC surrogate against every negative of the row or batch, mean over
+    contributing gold pairs (``reduction="mean"`` of :func:`torch_pairconf.pair_auc_loss`)."""
+    batch_neg = scores[valid & ~gold]
+    total = scores.new_zeros((), dtype=torch.float32)
+    count = 0
+    for s, g, v in _iter_rows(rows, scores, gold, valid):
+        pos = v & g
+        negs = s[v & ~g] if scope == "row" else batch_neg
+        if not bool(pos.any()) or negs.numel() == 0:
+            continue
+        gap = margin - (s[pos][:, None] - negs[None, :])
+        hinge = gap.clamp_min(0)
+        phi = hinge * hinge if surrogate == "squared_hinge" else hinge
+        total = total + phi.mean(-1).sum()
+        count += int(pos.sum())
+    return (total / max(count, 1)).to(scores.dtype)
+
+
+def loop_pair_listwise_loss(
+    scores: Tensor,
+    gold: Tensor,
+    valid: Tensor,
+    temperature: float = 1.0,
+    margin: float = 0.0,
+    rows: Sequence[Row] | None = None,
+) -> Tensor:
+    """Per-row softmax CE of each gold pair against all of its row's negatives, mean over
+    contributing gold pairs (:func:`torch_pairconf.pair_listwise_loss` with ``k=None``)."""
+    total = scores.new_zeros((), dtype=torch.float32)
+    count = 0
+    for s, g, v in _iter_rows(rows, scores, gold, valid):
+        pos, neg = v & g, v & ~g
+        if not bool(pos.any()) or not bool(neg.any()):
+            continue
+        lse = torch.logsumexp(s[neg] / temperature, 0)
+        total = total + F.softplus(lse - s[pos] / temperature + margin).sum()
+        count += int(pos.sum())
+    return (total / max(count, 1)).to(scores.dtype)
+
+
+def loop_pair_relative_margin_loss(
+    scores: Tensor,
+    gold: Tensor,
+    valid: Tensor,
+    margin: float = 1.0,
+    anchor: str = "hardest",
+    rows: Sequence[Row] | None = None,
+) -> Tensor:
+    """Per-row hinge of each gold logit against the row's hardest or mean negative logit, mean
+    over contributing gold pairs (:func:`torch_pairconf.pair_relative_margin_loss`)."""
+    total = scores.new_zeros((), dtype=torch.float32)
+    count = 0
+    for s, g, v in _iter_rows(rows, scores, gold, valid):
+        pos, neg = v & g, v & ~g
+        if not bool(pos.any()) or not bool(neg.any()):
+            continue
+        negs = s[neg]
+        a = negs.max() if anchor == "hardest" else negs.mean()
+        total = total + (margin - (s[pos] - a)).clamp_min(0).sum()
+        count += int(pos.sum())
+    return (total / max(count, 1)).to(scores.dtype)

@@ -41,6 +41,9 @@ from .objective import (
     unwrap_model,
     utterance_mask,
 )
+from .ranking_ap import PairAPLoss, pair_ap_loss
+from .ranking_auc import PairAUCLoss, pair_auc_loss
+from .ranking_relative import PairRelativeMarginLoss, pair_relative_margin_loss
 from .stability import (
     ConfidenceChange,
     FlipRate,
@@ -65,9 +68,12 @@ __all__ = [
     "FlipRate",
     "GapChange",
     "HardNegatives",
+    "PairAPLoss",
+    "PairAUCLoss",
     "PairListwiseLoss",
     "PairMarginLoss",
     "PairMasks",
+    "PairRelativeMarginLoss",
     "RPCLoss",
     "RankStability",
     "Reliability",
@@ -93,11 +99,14 @@ __all__ = [
     "gold_utterances",
     "margin_violations",
     "mine_hard_negatives",
+    "pair_ap_loss",
+    "pair_auc_loss",
     "pair_auprc",
     "pair_listwise_loss",
     "pair_margin_loss",
     "pair_masks",
     "pair_prf",
+    "pair_relative_margin_loss",
     "pair_stability",
     "rank_stability",
     "reliability_diagram",

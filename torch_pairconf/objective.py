@@ -38,12 +38,38 @@ from .consistency import ConsistencyLoss
 from .corruption import ContextCorruption, gold_utterances
 from .listwise import PairListwiseLoss
 from .margin import PairMarginLoss
+from .ranking_ap import PairAPLoss
+from .ranking_auc import PairAUCLoss
+from .ranking_relative import PairRelativeMarginLoss
 
 __all__ = ["RPCLoss", "Replay", "corrupt_submodule", "default_scores_fn", "unwrap_model", "utterance_mask"]
 
 WHERE: Final = ("input", "output")
-RANKINGS: Final = ("hinge", "softmax")
-_RANKING_OPTIONS: Final = {"margin": 0.2, "k": 1, "space": "prob", "temperature": 1.0, "detach_negatives": True}
+
+#: ``RPCLoss(ranking=name)``: the module each name builds and the defaults of the options that
+#: name accepts (each ranking takes only its own options; any other raises). "hinge" and
+#: "softmax" keep RPCL's defaults; the others are the rank-only candidates (their gradient sums
+#: to zero over each row or batch, so they cannot shift the score scale).
+_RANKINGS: Final[dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]]] = {
+    "hinge": (
+        PairMarginLoss,
+        {"margin": 0.2, "k": 1, "space": "prob", "temperature": 1.0, "detach_negatives": True},
+    ),
+    "softmax": (
+        PairListwiseLoss,
+        {"margin": 0.2, "k": 1, "temperature": 1.0, "detach_negatives": True},
+    ),
+    "listwise": (
+        PairListwiseLoss,
+        {"margin": 0.0, "k": None, "temperature": 1.0, "detach_negatives": False},
+    ),
+    "ap": (PairAPLoss, {"scope": "batch", "temperature": 1.0}),
+    "auc": (PairAUCLoss, {"scope": "batch", "margin": 1.0, "surrogate": "squared_hinge", "k": None}),
+    "relative": (PairRelativeMarginLoss, {"margin": 1.0, "anchor": "hardest"}),
+}
+RANKINGS: Final = tuple(_RANKINGS)
+#: Every ranking option of any ranking (what ``--rpcl-arg`` may name).
+_RANKING_OPTIONS: Final = tuple(dict.fromkeys(key for _, opts in _RANKINGS.values() for key in opts))
 _CORRUPTION_OPTIONS: Final = {"p": 0.3, "mode": "zero", "generator": None}
 _CONSISTENCY_OPTIONS: Final = {"divergence": "kl", "detach_clean": True}
 
@@ -225,9 +251,15 @@ class RPCLoss(nn.Module):
         field: which part of the input/output is the representation (default: the first
             positional input; a tensor output, the first element of a tuple output, or a
             ``last_hidden_state`` entry): an int index, or a keyword / key / attribute name.
-        ranking: ``"hinge"`` (:class:`~torch_pairconf.PairMarginLoss`), ``"softmax"``
-            (:class:`~torch_pairconf.PairListwiseLoss`; ``margin`` is then in logit units and
-            ``space`` unused) or any module ``(scores, gold, valid) -> loss``.
+        ranking: a name, built with that name's own options (below), or any module
+            ``(scores, gold, valid) -> loss``. ``"hinge"``
+            (:class:`~torch_pairconf.PairMarginLoss`, the default); ``"softmax"``
+            (:class:`~torch_pairconf.PairListwiseLoss` over the ``k`` hard negatives, ``margin``
+            in logit units); the rank-only candidates ``"listwise"``
+            (:class:`~torch_pairconf.PairListwiseLoss` over all of the row's negatives),
+            ``"ap"`` (:class:`~torch_pairconf.PairAPLoss`), ``"auc"``
+            (:class:`~torch_pairconf.PairAUCLoss`) and ``"relative"``
+            (:class:`~torch_pairconf.PairRelativeMarginLoss`).
         corruption: a :class:`~torch_pairconf.ContextCorruption` (default built from ``p``,
             ``mode``, ``generator``).
         consistency: a :class:`~torch_pairconf.ConsistencyLoss` or any module
@@ -241,10 +273,17 @@ class RPCLoss(nn.Module):
             :func:`default_scores_fn`: a tensor output only).
         scores_are: ``"logits"`` (default) or ``"probs"``; probabilities (e.g. sigmoid outputs
             multiplied by a position prior) are mapped to logits with ``torch.logit(p, eps)``.
-        **options: the keyword convenience for the default parts: ``margin`` (0.2), ``k`` (1),
-            ``space`` ("prob"), ``temperature`` (1.0), ``detach_negatives`` (True) for the
-            ranking term; ``p`` (0.3), ``mode`` ("zero"), ``generator`` for the corruption;
-            ``divergence`` ("kl"), ``detach_clean`` (True) for the consistency term.
+        **options: the keyword convenience for the default parts. The ranking term's, per
+            ``ranking`` (an option another ranking takes raises ``TypeError``): ``"hinge"``:
+            ``margin`` (0.2), ``k`` (1), ``space`` ("prob"), ``temperature`` (1.0),
+            ``detach_negatives`` (True); ``"softmax"``: ``margin`` (0.2), ``k`` (1),
+            ``temperature`` (1.0), ``detach_negatives`` (True); ``"listwise"``: ``margin``
+            (0.0), ``k`` (None: every negative), ``temperature`` (1.0), ``detach_negatives``
+            (False); ``"ap"``: ``scope`` ("batch"), ``temperature`` (1.0); ``"auc"``: ``scope``
+            ("batch"), ``margin`` (1.0), ``surrogate`` ("squared_hinge"), ``k`` (None);
+            ``"relative"``: ``margin`` (1.0), ``anchor`` ("hardest"). ``p`` (0.3), ``mode``
+            ("zero"), ``generator`` for the corruption; ``divergence`` ("kl"),
+            ``detach_clean`` (True) for the consistency term.
 
     Shapes:
         ``scores`` ``(B, N, M)``, ``gold``/``valid`` bool ``(B, N, M)``; with a second pass
@@ -335,14 +374,19 @@ class RPCLoss(nn.Module):
 
     @staticmethod
     def _build_ranking(ranking: str | nn.Module, options: dict[str, Any]) -> nn.Module:
-        opts = _split_options(options, "ranking", ranking, _RANKING_OPTIONS)
         if isinstance(ranking, nn.Module):
+            _split_options(options, "ranking", ranking, dict.fromkeys(_RANKING_OPTIONS))
             return ranking
         check_choice("ranking", ranking, RANKINGS)
-        if ranking == "hinge":
-            return PairMarginLoss(**opts)
-        opts.pop("space")
-        return PairListwiseLoss(**opts)
+        build, defaults = _RANKINGS[ranking]
+        opts = _split_options(options, "ranking", ranking, defaults)
+        foreign = sorted(k for k in options if k in _RANKING_OPTIONS)
+        if foreign:
+            raise TypeError(
+                f"ranking={ranking!r} takes no option {', '.join(map(repr, foreign))} (its "
+                f"options: {', '.join(defaults)})"
+            )
+        return build(**opts)
 
     @staticmethod
     def _build_corruption(corruption: ContextCorruption | None, options: dict[str, Any]) -> ContextCorruption:

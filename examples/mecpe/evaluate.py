@@ -38,7 +38,7 @@ from .batching import Example
 from .cli import add_debug_option, guarded
 from .config import TrainConfig
 from .featurize import featurize
-from .metrics import compute_metrics
+from .metrics import Recalibration, compute_metrics
 from .model import MECPEModel, ModelConfig
 from .options import UNIT_OPEN
 from .perturb import FAMILIES
@@ -176,8 +176,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     pred = scores(examples)
     threshold = cfg.threshold if args.threshold is None else args.threshold
     dev_thr = ckpt.get("dev_threshold")
+    dev_recal = ckpt.get("dev_recalibration")
+    recalibration = (
+        None if dev_recal is None else Recalibration.from_record(dev_recal, str(args.checkpoint))
+    )
     metrics = compute_metrics(
-        pred, threshold=threshold, tuned_threshold=None if dev_thr is None else float(dev_thr)
+        pred,
+        threshold=threshold,
+        tuned_threshold=None if dev_thr is None else float(dev_thr),
+        recalibration=recalibration,
     )
     report: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),
@@ -185,10 +192,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         "format": fmt,
         "threshold": threshold,
         "dev_threshold": dev_thr,
+        "dev_recalibration": dev_recal,
         "metrics": metrics.to_json(),
     }
+    notes = []
     if dev_thr is None:
-        report["note"] = "the checkpoint has no dev threshold: *_devthr use this file's best"
+        notes.append("the checkpoint has no dev threshold: *_devthr use this file's best")
+    if dev_recal is None:
+        notes.append(
+            "the checkpoint has no dev recalibration: *_tempscaled / *_platt are fitted on this file"
+        )
+    if notes:
+        report["note"] = "; ".join(notes)
     perturbed = None
     if view is not None:
         perturbed = scores(view.examples)

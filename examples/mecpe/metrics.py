@@ -10,7 +10,9 @@ column of the per-run / per-setting tables, and how its value is formatted. Ever
 metric is one :func:`register` call (or one entry below).
 
 All pair metrics come from :mod:`torch_pairconf` (scores are pair logits, thresholds are in
-probability space); only the utterance-level emotion / cause F1 are computed here. A metric
+probability space); only the utterance-level emotion / cause F1 and the post-hoc recalibration
+(:mod:`examples.mecpe.calibration`: NLL and Brier score; ``*_tempscaled`` with a temperature,
+``*_platt`` with an affine map, both fitted on dev and reused on test) are computed here. A metric
 that is undefined on a split (e.g. emotion F1 without any emotion label) raises
 :class:`Undefined`; it is then left out of the split's values and its reason is kept, so no
 report ever holds ``NaN``.
@@ -44,12 +46,14 @@ from torch_pairconf import (
     row_ranking,
 )
 
+from .calibration import Platt, brier_score, fit_platt, fit_temperature, mean_nll
 from .predict import Predictions
 
 __all__ = [
     "VIOLATION_MARGIN",
     "Evaluation",
     "Metric",
+    "Recalibration",
     "RunFacts",
     "SplitMetrics",
     "Undefined",
@@ -71,6 +75,53 @@ class Undefined(Exception):
     """A metric has no value on this split; the message says why."""
 
 
+class Recalibration(NamedTuple):
+    """The post-hoc recalibrations of the ``*_tempscaled`` / ``*_platt`` metrics, fitted on dev.
+
+    A value that was undefined on dev is NaN: the metrics that need it are then undefined too
+    (they are never refitted on the split they are reported for).
+    """
+
+    temperature: float
+    platt: Platt
+
+    @classmethod
+    def from_values(cls, values: dict[str, float]) -> Recalibration:
+        """The fitted values in a split's metric values (``temperature``, ``platt_scale``,
+        ``platt_bias``), NaN where missing."""
+        return cls(
+            values.get("temperature", math.nan),
+            Platt(values.get("platt_scale", math.nan), values.get("platt_bias", math.nan)),
+        )
+
+    def to_record(self) -> dict[str, float | None]:
+        """The checkpoint / JSON form (``None`` for an undefined value; no NaN)."""
+        values = {
+            "temperature": self.temperature,
+            "platt_scale": self.platt.scale,
+            "platt_bias": self.platt.bias,
+        }
+        return {k: (float(v) if math.isfinite(v) else None) for k, v in values.items()}
+
+    @classmethod
+    def from_record(cls, record: object, source: str = "checkpoint") -> Recalibration:
+        """Inverse of :meth:`to_record`; a malformed record raises naming ``source``."""
+        keys = ("temperature", "platt_scale", "platt_bias")
+        if not isinstance(record, dict) or set(record) != set(keys):
+            raise ValueError(f"{source}: dev_recalibration must hold exactly {', '.join(keys)}")
+        values = {k: math.nan if record[k] is None else float(record[k]) for k in keys}
+        return cls.from_values(values)
+
+
+def _calibration_value(compute: Callable[[], float]) -> float:
+    """A :mod:`~examples.mecpe.calibration` result; its ``ValueError`` (nothing to fit or score,
+    a non-finite logit) makes the metric :class:`Undefined`."""
+    try:
+        return compute()
+    except ValueError as exc:
+        raise Undefined(str(exc)) from exc
+
+
 @dataclass
 class Evaluation:
     """One split's predictions and thresholds, with the shared intermediate results cached.
@@ -80,11 +131,14 @@ class Evaluation:
         threshold: the fixed decision threshold (probability space).
         tuned: the threshold of the ``*_devthr`` metrics; ``None`` (on dev): the split's own
             F1-optimal threshold (:func:`torch_pairconf.best_threshold`).
+        recalibration: the temperature and Platt map of the ``*_tempscaled`` / ``*_platt``
+            metrics; ``None`` (on dev): fitted on this split.
     """
 
     pred: Predictions
     threshold: float = 0.5
     tuned: float | None = None
+    recalibration: Recalibration | None = None
 
     @property
     def sgv(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -117,6 +171,37 @@ class Evaluation:
     def violations(self) -> tuple[Tensor, ...]:
         """:func:`torch_pairconf.margin_violations` (margin :data:`VIOLATION_MARGIN`, probs)."""
         return tuple(margin_violations(*self.sgv, margin=VIOLATION_MARGIN, space="prob"))
+
+    @cached_property
+    def temperature(self) -> float:
+        """The temperature of the ``*_tempscaled`` metrics (fitted here, or dev's)."""
+        if self.recalibration is None:
+            return _calibration_value(lambda: fit_temperature(*self.sgv))
+        if not math.isfinite(self.recalibration.temperature):
+            raise Undefined("no dev-fitted temperature (it was undefined on dev)")
+        return float(self.recalibration.temperature)
+
+    @cached_property
+    def platt(self) -> Platt:
+        """The affine map of the ``*_platt`` metrics (fitted here, or dev's)."""
+        if self.recalibration is None:
+            try:
+                return fit_platt(*self.sgv)
+            except ValueError as exc:
+                raise Undefined(str(exc)) from exc
+        platt = self.recalibration.platt
+        if not (math.isfinite(platt.scale) and math.isfinite(platt.bias)):
+            raise Undefined("no dev-fitted Platt scaling (it was undefined on dev)")
+        return platt
+
+    def recalibrated(self, kind: str) -> tuple[Tensor, Tensor, Tensor]:
+        """``(logits, gold, valid)`` with the logits mapped by ``kind``: ``"temperature"`` or
+        ``"platt"``."""
+        logits, gold, valid = self.sgv
+        logits = logits.double()  # the fits are float64: map in float64 too
+        if kind == "temperature":
+            return logits / self.temperature, gold, valid
+        return logits * self.platt.scale + self.platt.bias, gold, valid
 
     @cached_property
     def emotion(self) -> tuple[float, float]:
@@ -230,7 +315,11 @@ def _collect(metrics: list[tuple[str, Callable[[], float]]]) -> SplitMetrics:
 
 
 def compute_metrics(
-    pred: Predictions, *, threshold: float = 0.5, tuned_threshold: float | None = None
+    pred: Predictions,
+    *,
+    threshold: float = 0.5,
+    tuned_threshold: float | None = None,
+    recalibration: Recalibration | None = None,
 ) -> SplitMetrics:
     """Every split metric of the registry on one split.
 
@@ -240,8 +329,12 @@ def compute_metrics(
         tuned_threshold: the threshold of the ``*_devthr`` metrics. ``None`` (use on dev): the
             split's own F1-optimal threshold, reported as ``threshold_devthr``; on test pass
             the dev-chosen threshold.
+        recalibration: the temperature and Platt map of the ``*_tempscaled`` / ``*_platt``
+            metrics. ``None`` (use on dev): fitted on this split, reported as ``temperature``,
+            ``platt_scale`` and ``platt_bias``; on test pass dev's
+            (:meth:`Recalibration.from_values` of dev's values).
     """
-    ev = Evaluation(pred, threshold, tuned_threshold)
+    ev = Evaluation(pred, threshold, tuned_threshold, recalibration)
     return _collect(
         [(m.name, partial(m.of_split, ev)) for m in _REGISTRY.values() if m.of_split is not None]
     )
@@ -355,6 +448,66 @@ for _metric in (
         "ece_mass",
         "ECE-mass",
         lambda e: float(expected_calibration_error(*e.sgv, n_bins=15, binning="mass")),
+        higher_is_better=False,
+    ),
+    Metric(
+        "nll",
+        "NLL",
+        lambda e: _calibration_value(lambda: mean_nll(*e.sgv)),
+        higher_is_better=False,
+    ),
+    Metric(
+        "brier",
+        "Brier",
+        lambda e: _calibration_value(lambda: brier_score(*e.sgv)),
+        higher_is_better=False,
+    ),
+    # Temperature scaling fitted on dev (reused on test): it never moves the 0.5 decision, so
+    # pair_f1_tempscaled equals pair_f1 at threshold 0.5 (it differs only at another threshold).
+    Metric("temperature", "T", lambda e: e.temperature, higher_is_better=None, fmt=".3f"),
+    Metric(
+        "ece_tempscaled",
+        "ECE-ts",
+        lambda e: float(
+            expected_calibration_error(*e.recalibrated("temperature"), n_bins=15, binning="width")
+        ),
+        higher_is_better=False,
+    ),
+    Metric(
+        "pair_f1_tempscaled",
+        "F1-ts",
+        lambda e: float(pair_prf(*e.recalibrated("temperature"), threshold=e.threshold).f1),
+    ),
+    Metric(
+        "nll_tempscaled",
+        "NLL-ts",
+        lambda e: _calibration_value(lambda: mean_nll(*e.sgv, temperature=e.temperature)),
+        higher_is_better=False,
+    ),
+    # Platt scaling sigmoid(a z + b) fitted on dev: the free post-hoc recalibration that does
+    # move the 0.5 decision (what a training term that raises gold confidences also does).
+    Metric(
+        "platt_scale", "Platt a", lambda e: e.platt.scale, higher_is_better=None, summary=False
+    ),
+    Metric("platt_bias", "Platt b", lambda e: e.platt.bias, higher_is_better=None, summary=False),
+    Metric(
+        "ece_platt",
+        "ECE-platt",
+        lambda e: float(
+            expected_calibration_error(*e.recalibrated("platt"), n_bins=15, binning="width")
+        ),
+        higher_is_better=False,
+    ),
+    Metric(
+        "pair_f1_platt",
+        "F1-platt",
+        lambda e: float(pair_prf(*e.recalibrated("platt"), threshold=e.threshold).f1),
+        columns=_DEV_TEST,
+    ),
+    Metric(
+        "nll_platt",
+        "NLL-platt",
+        lambda e: _calibration_value(lambda: mean_nll(*e.recalibrated("platt"))),
         higher_is_better=False,
     ),
     Metric("row_top1", "top1", lambda e: float(e.ranking[0]), columns=("dev",)),

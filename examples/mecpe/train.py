@@ -30,7 +30,7 @@ from .cli import add_debug_option, guarded
 from .config import TrainConfig, add_train_options, config_from_args
 from .engine import EpochResult, TrainState, build_state, evaluate_split, model_config, run_epoch
 from .featurize import DataBundle, load_data
-from .metrics import RunFacts, SplitMetrics, compute_metrics, run_metrics
+from .metrics import Recalibration, RunFacts, SplitMetrics, compute_metrics, run_metrics
 from .model import ModelConfig
 from .options import HelpFormatter
 from .predict import save_scores
@@ -82,7 +82,8 @@ def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
 def _evaluate_best(
     state: TrainState, data: DataBundle, cfg: TrainConfig, device: torch.device, out_dir: Path
 ) -> dict[str, SplitMetrics]:
-    """Evaluate ``best.pt`` on dev (and test), save the scores, store the dev threshold."""
+    """Evaluate ``best.pt`` on dev (and test), save the scores, store the dev threshold and
+    recalibration (test reuses both)."""
     best_path = out_dir / "best.pt"
     best = checkpoint.load(best_path)
     state.model.load_state_dict(best["model"])
@@ -90,13 +91,18 @@ def _evaluate_best(
     preds = {split: evaluate_split(state.model, exs, cfg, device) for split, exs in splits.items()}
     metrics = {"dev": compute_metrics(preds["dev"], threshold=cfg.threshold)}
     dev_threshold = metrics["dev"].values["threshold_devthr"]
+    recalibration = Recalibration.from_values(metrics["dev"].values)
     if "test" in preds:
         metrics["test"] = compute_metrics(
-            preds["test"], threshold=cfg.threshold, tuned_threshold=dev_threshold
+            preds["test"],
+            threshold=cfg.threshold,
+            tuned_threshold=dev_threshold,
+            recalibration=recalibration,
         )
     for split, pred in preds.items():
         save_scores(pred, out_dir / f"scores_{split}.npz")
     best["dev_threshold"] = dev_threshold
+    best["dev_recalibration"] = recalibration.to_record()
     checkpoint.atomic_save(best, best_path)
     return metrics
 

@@ -158,6 +158,25 @@ def test_loop_reference_matches_library() -> None:
         lr.loop_consistency_loss(scores, corrupted, valid),
         tp.consistency_loss(scores, corrupted, valid),
     )
+    for scope in ("row", "batch"):
+        torch.testing.assert_close(
+            lr.loop_pair_ap_loss(scores, gold, valid, scope=scope, temperature=0.7),
+            tp.pair_ap_loss(scores, gold, valid, scope=scope, temperature=0.7),
+        )
+        for surrogate in ("squared_hinge", "hinge"):
+            torch.testing.assert_close(
+                lr.loop_pair_auc_loss(scores, gold, valid, scope=scope, margin=1.5, surrogate=surrogate),
+                tp.pair_auc_loss(scores, gold, valid, scope=scope, margin=1.5, surrogate=surrogate),
+            )
+    torch.testing.assert_close(
+        lr.loop_pair_listwise_loss(scores, gold, valid, temperature=2.0, margin=0.5),
+        tp.pair_listwise_loss(scores, gold, valid, k=None, temperature=2.0, margin=0.5),
+    )
+    for anchor in ("hardest", "mean"):
+        torch.testing.assert_close(
+            lr.loop_pair_relative_margin_loss(scores, gold, valid, margin=1.0, anchor=anchor),
+            tp.pair_relative_margin_loss(scores, gold, valid, margin=1.0, anchor=anchor),
+        )
 
 
 def test_loop_reference_gradients_and_rows() -> None:
@@ -167,5 +186,12 @@ def test_loop_reference_gradients_and_rows() -> None:
     lr.loop_pair_margin_loss(a, gold, valid, k=2).backward()
     tp.pair_margin_loss(b, gold, valid, k=2).backward()
     torch.testing.assert_close(a.grad, b.grad)
+    for op in bl.RANKING_OPS:  # the benchmark's pairs of library module and loop baseline
+        crit, loop_fn = bl._ranking_pair(op)
+        a = scores.clone().requires_grad_()
+        b = scores.clone().requires_grad_()
+        loop_fn(a, gold, valid, None).backward()
+        crit(b, gold, valid).backward()
+        torch.testing.assert_close(a.grad, b.grad, msg=op)
     rows = lr.all_rows(4, 9)[::4]
     assert lr.loop_mine_hard_negatives(scores, gold, valid, 2, rows=rows)[0].shape == (len(rows), 2)

@@ -16,6 +16,7 @@ MODULES = (
     "checkpoint",
     "views",
     "robustness",
+    "calibration",
 )
 
 

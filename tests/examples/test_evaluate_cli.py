@@ -51,7 +51,10 @@ def test_evaluate_cli_matches_training_metrics(
     assert rc == 0
     printed = strict_json(capsys.readouterr().out)
     assert printed["format"] == "ecf" and printed["dev_threshold"] == result["dev_threshold"]
-    for key in ("pair_f1", "pair_auprc", "ece", "pair_f1_devthr", "row_mrr"):
+    assert printed["dev_recalibration"]["temperature"] == result["dev"]["temperature"]
+    keys = ("pair_f1", "pair_auprc", "ece", "pair_f1_devthr", "row_mrr", "temperature",
+            "ece_tempscaled", "nll", "pair_f1_platt", "nll_platt")  # fmt: skip
+    for key in keys:
         assert printed["metrics"][key] == result["test"][key], key
     saved = strict_json(preds.read_text())
     assert len(saved["predictions"]) == 12

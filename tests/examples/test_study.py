@@ -10,6 +10,7 @@ import pytest
 
 from examples.mecpe import study as mecpe_study
 from examples.mecpe.featurize import DataBundle
+from examples.mecpe.options import values_from
 
 from .helpers import error_lines
 
@@ -187,3 +188,34 @@ def test_old_format_run_in_the_study_folder_is_refused_up_front(
     (line,) = error_lines(capsys.readouterr().err)
     assert f"{old / 'run.json'}: run file format none" in line and "format 2" in line
     assert not (tmp_path / "o" / "base-seed1").exists()  # nothing was trained before
+
+
+SEARCH = Path(mecpe_study.__file__).with_name("search_ranking.txt")
+
+
+def test_ranking_search_settings_are_runnable_and_state_their_rule_first(tmp_path: Path) -> None:
+    """Every line of the ranking search plans (its train arguments and RPCLoss options are
+    accepted, before any data is loaded) and builds its RPCLoss; the selection rule comes before
+    the first setting."""
+    from torch_pairconf import RPCLoss
+
+    text = SEARCH.read_text(encoding="utf-8")
+    first_setting = next(i for i, line in enumerate(text.splitlines()) if line.strip() and not line.startswith("#"))
+    assert "SELECTION RULE" in "\n".join(text.splitlines()[:first_setting])
+    args = mecpe_study.build_parser().parse_args(
+        ["--settings", str(SEARCH), "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
+         "--seeds", "42,123", "--dev-only"]
+    )  # fmt: skip
+    study = mecpe_study.StudyConfig(**values_from(args, mecpe_study.StudyConfig))
+    arms = mecpe_study._arms(study)
+    assert len(arms) <= 16 and arms[0].name == "base"
+    plan = mecpe_study._plan(study, arms, args)
+    assert len(plan) == 2 * len(arms) and all(cfg.dev_only for cfg in plan)
+    rankings = set()
+    for cfg in plan:
+        if cfg.arm == "rpcl":
+            rpcl = RPCLoss(**cfg.rpcl_args)
+            rankings.add(type(rpcl.ranking).__name__)
+            if cfg.name != "rpcl-defaults":  # each candidate alone: no consistency term
+                assert rpcl.consistency_weight == 0
+    assert rankings == {"PairMarginLoss", "PairAPLoss", "PairAUCLoss", "PairListwiseLoss", "PairRelativeMarginLoss"}

@@ -135,6 +135,10 @@ def test_ema_weights_are_selected_and_saved(tiny: Path, tmp_path: Path) -> None:
     assert any(not torch.equal(averaged[k], last["model"][k]) for k in averaged)
     assert all(torch.equal(best["model"][k], averaged[k]) for k in averaged)
     assert best["dev_threshold"] == result["dev_threshold"]
+    # the test split's recalibration metrics use dev's fit, which best.pt keeps for evaluate
+    recal = best["dev_recalibration"]
+    assert recal["temperature"] == result["dev"]["temperature"] == result["test"]["temperature"]
+    assert recal["platt_bias"] == result["dev"]["platt_bias"] == result["test"]["platt_bias"]
     off = train(tiny, tmp_path / "off", "--epochs", "1", "--ema-decay", "0")
     assert torch.load(tmp_path / "off" / "last.pt", weights_only=True)["ema"] == {}
     assert off["complete"]

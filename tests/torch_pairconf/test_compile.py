@@ -11,8 +11,11 @@ import torch
 from torch_pairconf import (
     consistency_loss,
     mine_hard_negatives,
+    pair_ap_loss,
+    pair_auc_loss,
     pair_listwise_loss,
     pair_margin_loss,
+    pair_relative_margin_loss,
 )
 
 pytestmark = pytest.mark.slow
@@ -33,6 +36,14 @@ CASES: dict[str, Callable[..., Any]] = {
     "margin_k1": lambda s, g, v: pair_margin_loss(s, g, v, margin=0.2, k=1),
     "margin_k3_logit": lambda s, g, v: pair_margin_loss(s, g, v, margin=1.0, k=3, space="logit", detach_negatives=True),
     "listwise_k4": lambda s, g, v: pair_listwise_loss(s, g, v, k=4, temperature=2.0, margin=0.5),
+    "listwise_all": lambda s, g, v: pair_listwise_loss(s, g, v, k=None, temperature=2.0),
+    "ap_batch": lambda s, g, v: pair_ap_loss(s, g, v, scope="batch", temperature=0.5),
+    "ap_row": lambda s, g, v: pair_ap_loss(s, g, v, scope="row"),
+    "auc_batch": lambda s, g, v: pair_auc_loss(s, g, v, scope="batch", margin=1.0),
+    "auc_row_hinge": lambda s, g, v: pair_auc_loss(s, g, v, scope="row", surrogate="hinge"),
+    "auc_row_k3": lambda s, g, v: pair_auc_loss(s, g, v, scope="row", k=3),
+    "relative_hardest": lambda s, g, v: pair_relative_margin_loss(s, g, v, margin=1.0),
+    "relative_mean": lambda s, g, v: pair_relative_margin_loss(s, g, v, margin=1.0, anchor="mean"),
     "consistency_kl": lambda s, g, v: consistency_loss(s.detach().flip(-1), s, v, divergence="kl"),
     "consistency_js": lambda s, g, v: consistency_loss(s.detach().flip(-1), s, v, divergence="js"),
 }

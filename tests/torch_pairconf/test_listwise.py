@@ -91,3 +91,45 @@ def test_empty_cases_and_errors() -> None:
         pair_listwise_loss(s, ones, ones, temperature=0.0)
     with pytest.raises(ValueError, match="ranking must be one of"):
         RPCLoss(ranking="pairwise")
+
+
+@given(pair_batches(), st.sampled_from([1.0, 0.5, 4.0]), st.sampled_from([0.0, 1.0]))
+def test_every_negative_of_the_row_matches_loop_reference(batch: PairBatch, temperature: float, margin: float) -> None:
+    """k=None: each gold pair against all of its row's negatives (k = M in the reference)."""
+    ref, count = loop_reference(batch, batch.scores.shape[-1], temperature, margin)
+    args = (batch.scores, batch.gold, batch.valid)
+    kw = {"k": None, "temperature": temperature, "margin": margin}
+    torch.testing.assert_close(pair_listwise_loss(*args, **kw, reduction="none"), ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(pair_listwise_loss(*args, **kw), ref.sum() / max(count, 1))
+    scores = batch.scores.clone().requires_grad_()
+    loss = pair_listwise_loss(scores, batch.gold, batch.valid, k=None, temperature=temperature, margin=margin)
+    loss.backward()
+    assert scores.grad is not None
+    assert torch.isfinite(loss) and torch.isfinite(scores.grad).all()
+    assert scores.grad.masked_select(~batch.valid).eq(0).all()
+
+
+@given(pair_batches(extreme=False), st.integers(0, 2**31 - 1))
+def test_every_negative_form_is_row_shift_invariant(batch: PairBatch, seed: int) -> None:
+    B, N, _ = batch.scores.shape
+    shift = torch.randn(B, N, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 5
+    a = pair_listwise_loss(batch.scores, batch.gold, batch.valid, k=None, reduction="none")
+    b = pair_listwise_loss(batch.scores + shift, batch.gold, batch.valid, k=None, reduction="none")
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    scores = batch.scores.clone().requires_grad_()
+    pair_listwise_loss(scores, batch.gold, batch.valid, k=None).backward()
+    assert scores.grad is not None
+    sums = scores.grad.sum(-1)
+    torch.testing.assert_close(sums, torch.zeros_like(sums), rtol=0, atol=1e-12)
+
+
+def test_listwise_ranking_of_rpcl_uses_every_negative() -> None:
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(2, 5, 6, generator=g)
+    gold = torch.rand(2, 5, 6, generator=g) < 0.3
+    valid = torch.rand(2, 5, 6, generator=g) < 0.9
+    rpcl = RPCLoss(ranking="listwise", margin_weight=1.0, consistency_weight=0.0, temperature=2.0)
+    torch.testing.assert_close(rpcl(s, gold, valid), pair_listwise_loss(s, gold, valid, k=None, temperature=2.0))
+    assert rpcl.ranking.k is None and not rpcl.ranking.detach_negatives
+    with pytest.raises(TypeError, match="ranking='softmax' takes no option 'space'"):
+        RPCLoss(ranking="softmax", space="logit")

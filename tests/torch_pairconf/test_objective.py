@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import torch_pairconf as tp
 from torch_pairconf import Replay, RPCLoss, consistency_loss, corrupt_submodule, pair_margin_loss
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -325,3 +326,42 @@ def test_corrupted_valid_restricts_the_consistency_term() -> None:
     torch.testing.assert_close(everywhere, consistency_loss(scores, corrupted, batch["valid"]))
     with pytest.raises(TypeError, match=r"corrupted_valid must be a torch\.bool tensor"):
         rpcl(scores, batch["gold"], batch["valid"], corrupted_scores=corrupted, corrupted_valid=shared.float())
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("hinge", {"margin": 0.3, "space": "logit"}, lambda s, g, v: pair_margin_loss(s, g, v, margin=0.3, space="logit", detach_negatives=True)),
+        ("softmax", {"k": 2}, lambda s, g, v: tp.pair_listwise_loss(s, g, v, k=2, margin=0.2, detach_negatives=True)),
+        ("listwise", {}, lambda s, g, v: tp.pair_listwise_loss(s, g, v, k=None)),
+        ("ap", {}, lambda s, g, v: tp.pair_ap_loss(s, g, v, scope="batch")),
+        ("ap", {"scope": "row", "temperature": 0.5}, lambda s, g, v: tp.pair_ap_loss(s, g, v, scope="row", temperature=0.5)),
+        ("auc", {}, lambda s, g, v: tp.pair_auc_loss(s, g, v, scope="batch", margin=1.0)),
+        ("auc", {"scope": "row", "k": 2, "surrogate": "hinge"}, lambda s, g, v: tp.pair_auc_loss(s, g, v, scope="row", k=2, surrogate="hinge")),
+        ("relative", {}, lambda s, g, v: tp.pair_relative_margin_loss(s, g, v, margin=1.0)),
+        ("relative", {"anchor": "mean", "margin": 0.5}, lambda s, g, v: tp.pair_relative_margin_loss(s, g, v, margin=0.5, anchor="mean")),
+    ],
+)
+def test_every_ranking_name_builds_its_term_with_its_own_options(name: str, options: dict[str, Any], expected: Any) -> None:
+    batch = _batch(b=3, n=6, seed=5)
+    scores = PairModel()(batch["x"]).detach()
+    rpcl = RPCLoss(ranking=name, margin_weight=1.0, consistency_weight=0.0, **options)
+    torch.testing.assert_close(rpcl(scores, batch["gold"], batch["valid"]), expected(scores, batch["gold"], batch["valid"]))
+    # every option of every ranking is a keyword RPCLoss (and so the trainer's --rpcl-arg) knows
+    assert set(options) <= set(RPCLoss.keywords())
+
+
+def test_a_ranking_rejects_the_options_of_another() -> None:
+    with pytest.raises(TypeError, match="ranking='ap' takes no option 'margin' \\(its options: scope, temperature\\)"):
+        RPCLoss(ranking="ap", margin=1.0)
+    with pytest.raises(TypeError, match="ranking='relative' takes no option 'k', 'temperature'"):
+        RPCLoss(ranking="relative", k=2, temperature=2.0)
+    with pytest.raises(TypeError, match="ranking='hinge' takes no option 'scope'"):
+        RPCLoss(scope="row")
+    with pytest.raises(ValueError, match="either ranking=<module> or its options \\(anchor\\)"):
+        RPCLoss(ranking=tp.PairAPLoss(), anchor="mean")
+    with pytest.raises(ValueError, match="ranking must be one of \\('hinge', 'softmax', 'listwise', 'ap', 'auc', 'relative'\\)"):
+        RPCLoss(ranking="fastap")
+    with pytest.raises(ValueError, match="use scope='row'"):
+        RPCLoss(ranking="auc", k=3)  # k picks a row's hardest negatives
+    assert {"scope", "anchor", "surrogate", "space"} <= set(RPCLoss.keywords())
