@@ -2,8 +2,13 @@
 
 The RPCL arm is the base plus exactly two lines (:func:`build_state`, :func:`train_step`)::
 
-    rpcl = RPCLoss(model.context, scores_fn=lambda out: out.pair_logits, generator=g, **args)
+    rpcl = RPCLoss(model.context, model=model, scores_fn=lambda out: out.pair_logits,
+                   generator=g, **args)
     loss = loss + rpcl(out.pair_logits, batch.gold, batch.valid, rerun=lambda: model(batch))
+
+``model=model`` makes the second pass replay the clean outputs of the context encoder and of
+every module upstream of it (the utterance encoder), so only the heads and the pair scorer run
+twice, and the upstream modules draw no dropout in the second pass.
 
 With an input-level corrupted view (``--view insert|delete|insert+delete``,
 :mod:`examples.mecpe.views`) the second pass is the model run on that view instead::
@@ -124,6 +129,7 @@ def build_state(
         input_view = cfg.view != "repr"
         rpcl = RPCLoss(
             None if input_view else model.context,  # an input view: no representation pass
+            model=None if input_view else model,  # upstream replay: the encoder runs once
             scores_fn=lambda out: out.pair_logits,
             generator=gens["corrupt"],
             **cfg.rpcl_args,
