@@ -1,8 +1,10 @@
 """Helpers of the reference-trainer tests: tiny generated ECF-format and MECAD-format datasets,
-quick training runs.
+a tiny random BERT, quick training runs.
 
-The text encoder is the trainable ``hash`` encoder (no model weights needed); audio / video
-features are random ``.npz`` tables. A training run on these takes well under a second an epoch.
+The text encoder is the trainable ``hash`` encoder (no model weights needed) or a tiny random
+BERT written to a temporary folder (:func:`make_tiny_bert`; never a downloaded model); audio /
+video features are random ``.npz`` tables. A training run on these takes well under a second an
+epoch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from examples.mecpe import train as mecpe_train
 from examples.mecpe.data import EMOTIONS, load_ecf
@@ -79,6 +82,28 @@ def make_tiny_ecf(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def make_tiny_bert(root: Path, *, layers: int = 2, dropout: float = 0.1) -> Path:
+    """A random BERT (hidden 16, ``layers`` layers, 2 heads, 64 positions) and a word-level
+    tokenizer over the words of :func:`make_tiny_ecf`, saved as a Hugging Face model folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    words = sorted({*_WORDS, *_CUES.values(), "because", "."})
+    (root / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n"
+    )
+    BertTokenizerFast(str(root / "vocab.txt")).save_pretrained(str(root))
+    config = BertConfig(
+        vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=layers,
+        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(str(root))
+    return root
+
+
 def write_mecad(root: Path, seed: int = 0) -> Path:
     """valid/test_data_pair.json in the MECAD layout: 6 series x 4 dialogues, split over files."""
     rng = random.Random(seed)
@@ -111,6 +136,15 @@ def train_args(data: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--dataset", "ecf", "--data-dir", str(data), "--text-encoder", "hash",
         "--hash-buckets", "4096", "--out", str(out), "--quiet", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def encoder_args(bert: Path, cache: Path, *extra: str) -> list[str]:
+    """The ``train`` options of a quick run with the tiny BERT (top layer trained, cached)."""
+    return [
+        "--text-encoder", "transformer", "--encoder-model", str(bert), "--train-layers", "1",
+        "--cache-dir", str(cache), "--max-tokens", "16", "--chunk-tokens", "256",
+        "--encoder-lr", "1e-3", "--batch-size", "8", "--threads", "1", *extra,
     ]  # fmt: skip
 
 
