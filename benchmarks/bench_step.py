@@ -250,7 +250,7 @@ def make_batch(
     emotions = torch.randint(0, 7, (b, n), generator=g).masked_fill(~mask, -1)
     causes = masks.gold.any(1).float()
     text = torch.randn(b, n, TEXT_DIM, generator=g).masked_fill(~mask[..., None], 0).to(dtype)
-    fields = {
+    fields: dict[str, Any] = {
         "lengths": lens,
         "mask": mask.to(device),
         "speakers": speakers.to(device),

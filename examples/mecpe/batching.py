@@ -1,10 +1,17 @@
 """Turning conversations into padded mini-batches for the reference MECPE model.
 
 One :class:`Example` holds everything the model and the losses need about one conversation
-(utterance features, hashed character n-grams for the trainable ``hash`` text encoder, speaker
-ids, emotion labels, cause labels, gold pairs). :func:`collate` pads a list of examples to the
-longest conversation of the batch and builds the ``(B, N, N)`` ``gold`` / ``valid`` pair masks with
-:func:`torch_pairconf.pair_masks` (rows = emotion utterance, columns = candidate cause).
+(utterance features, hashed character n-grams for the trainable ``hash`` text encoder, token
+sequences for the ``transformer`` one, speaker ids, emotion labels, cause labels, gold pairs).
+:func:`collate` pads a list of examples to the longest conversation of the batch and builds the
+``(B, N, N)`` ``gold`` / ``valid`` pair masks with :func:`torch_pairconf.pair_masks` (rows =
+emotion utterance, columns = candidate cause).
+
+Batch plans (lists of example indices, one per optimizer step), drawn from the run's dedicated
+data-order generator: :func:`batch_indices` (a shuffled order cut into batches) and
+:func:`bucketed_batch_indices` (batches of similar-length conversations);
+:func:`split_batch` cuts one batch into the micro-batches of gradient accumulation and
+data-parallel ranks.
 """
 
 from __future__ import annotations
@@ -21,19 +28,28 @@ from torch import Tensor
 from torch_pairconf import pair_masks
 
 from .data import Conversation
+from .segments import Segments
+from .text_chunks import TextBatch, chunk_segments
 
 __all__ = [
+    "DEFAULT_CHUNK_TOKENS",
     "DEFAULT_HASH_BUCKETS",
     "Batch",
     "Example",
     "batch_indices",
+    "bucketed_batch_indices",
     "build_examples",
     "collate",
+    "count_batches",
     "hash_ngrams",
+    "split_batch",
 ]
 
 #: Number of hash buckets of the trainable ``hash`` text encoder.
 DEFAULT_HASH_BUCKETS: int = 2**18
+
+#: Padded tokens per transformer call (see :mod:`examples.mecpe.text_chunks`).
+DEFAULT_CHUNK_TOKENS: int = 4096
 
 _MAX_WORD_CHARS = 20
 
@@ -76,6 +92,7 @@ class Example:
         tokens: per utterance hashed n-gram ids (``hash`` encoder), else ``None``.
         audio: ``(n, d_a)`` float32 audio features or ``None``.
         video: ``(n, d_v)`` float32 video features or ``None``.
+        segments: token sequences and utterance spans (``transformer`` encoder), else ``None``.
     """
 
     conv_id: str
@@ -88,6 +105,7 @@ class Example:
     tokens: list[list[int]] | None = None
     audio: Tensor | None = None
     video: Tensor | None = None
+    segments: Segments | None = None
 
 
 @dataclass
@@ -110,6 +128,7 @@ class Batch:
         token_offsets: ``(B * N,)`` int64 start of each slot's bag in ``token_ids`` or ``None``.
         audio: ``(B, N, d_a)`` float32 or ``None``.
         video: ``(B, N, d_v)`` float32 or ``None``.
+        text_tokens: the chunked token sequences of the ``transformer`` encoder, or ``None``.
     """
 
     conv_ids: list[str]
@@ -126,6 +145,7 @@ class Batch:
     token_offsets: Tensor | None = None
     audio: Tensor | None = None
     video: Tensor | None = None
+    text_tokens: TextBatch | None = None
 
     @property
     def size(self) -> int:
@@ -137,8 +157,12 @@ class Batch:
         changes: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "lengths" and isinstance(value, Tensor):
-                changes[f.name] = value.to(device, non_blocking=True)
+            if f.name != "lengths" and isinstance(value, (Tensor, TextBatch)):
+                changes[f.name] = (
+                    value.to(device, non_blocking=True)
+                    if isinstance(value, Tensor)
+                    else value.to(device)
+                )
         return replace(self, **changes)
 
 
@@ -149,6 +173,7 @@ def build_examples(
     hash_buckets: int | None = None,
     audio: Sequence[np.ndarray] | None = None,
     video: Sequence[np.ndarray] | None = None,
+    segments: Sequence[Segments] | None = None,
 ) -> list[Example]:
     """Build one :class:`Example` per conversation.
 
@@ -158,6 +183,7 @@ def build_examples(
         hash_buckets: when given, utterance texts are hashed into n-gram ids (``hash`` encoder).
         audio: per conversation ``(n, d_a)`` audio features or ``None``.
         video: per conversation ``(n, d_v)`` video features or ``None``.
+        segments: per conversation its token sequences (``transformer`` encoder) or ``None``.
 
     Returns:
         One example per conversation, in the same order.
@@ -187,6 +213,13 @@ def build_examples(
             ex.audio = _feature(audio[k], n, "audio", ex.conv_id)
         if video is not None:
             ex.video = _feature(video[k], n, "video", ex.conv_id)
+        if segments is not None:
+            if segments[k].seq.numel() != n:
+                raise ValueError(
+                    f"token sequences of conversation {ex.conv_id!r} have "
+                    f"{segments[k].seq.numel()} utterance spans, expected {n}"
+                )
+            ex.segments = segments[k]
         out.append(ex)
     return out
 
@@ -218,6 +251,7 @@ def collate(
     *,
     window: int | None = None,
     cause_not_after_emotion: bool = False,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> Batch:
     """Pad ``examples`` into a :class:`Batch` and build the pair masks.
 
@@ -225,6 +259,8 @@ def collate(
         examples: the conversations of the batch (at least one).
         window: when given, only pairs with ``|emotion - cause| <= window`` are candidates.
         cause_not_after_emotion: when True, only pairs with ``cause <= emotion`` are candidates.
+        chunk_tokens: padded tokens per transformer call (``transformer`` encoder; see
+            :func:`examples.mecpe.text_chunks.chunk_segments`).
 
     Returns:
         The padded batch (on the CPU).
@@ -271,6 +307,13 @@ def collate(
         batch.video = _pad_features([ex.video for ex in examples], n, "video")
     if first.tokens is not None:
         batch.token_ids, batch.token_offsets = _token_bags(examples, n)
+    if first.segments is not None:
+        segs = [ex.segments for ex in examples]
+        if any(seg is None for seg in segs):
+            raise ValueError("collate: some examples have token sequences and some do not")
+        batch.text_tokens = chunk_segments(
+            [seg for seg in segs if seg is not None], n=n, chunk_tokens=chunk_tokens
+        )
     return batch
 
 
@@ -307,3 +350,73 @@ def batch_indices(
         order = list(range(n_items))
     for start in range(0, n_items, batch_size):
         yield order[start : start + batch_size]
+
+
+def _pools(order: list[int], batch_size: int, pool: int) -> list[list[int]]:
+    step = batch_size * pool
+    return [order[i : i + step] for i in range(0, len(order), step)]
+
+
+def count_batches(n_items: int, batch_size: int, length_buckets: int = 0) -> int:
+    """Batches per epoch of :func:`batch_indices` (``length_buckets=0``) or
+    :func:`bucketed_batch_indices` (each pool ends with its own partial batch)."""
+    if length_buckets == 0:
+        return -(-n_items // batch_size)
+    pool = batch_size * length_buckets
+    full, rest = divmod(n_items, pool)
+    return full * length_buckets + -(-rest // batch_size)
+
+
+def bucketed_batch_indices(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    pool: int,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Batches of similar-length items, in a random order driven by ``generator``.
+
+    The rule: ``torch.randperm(n)`` orders the items; that order is cut into pools of
+    ``pool * batch_size`` items; each pool is sorted by length (longest first; ties keep the
+    random order) and cut into batches of ``batch_size`` (a pool's last batch may be smaller);
+    the batches of all pools are put in the order of ``torch.randperm(n_batches)``. Two draws
+    from ``generator`` per epoch, whatever the lengths.
+
+    >>> lengths = [1, 5, 2, 5, 1, 2]
+    >>> plan = bucketed_batch_indices(lengths, 2, pool=3, generator=torch.Generator().manual_seed(0))
+    >>> sorted([lengths[i] for i in batch] for batch in plan)
+    [[1, 1], [2, 2], [5, 5]]
+    """
+    if pool < 1:
+        raise ValueError(f"pool must be >= 1, got {pool}")
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    batches: list[list[int]] = []
+    for items in _pools(order, batch_size, pool):
+        ranked = sorted(items, key=lambda i: -lengths[i])  # stable: ties keep the random order
+        batches += [ranked[i : i + batch_size] for i in range(0, len(ranked), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[k] for k in shuffle]
+
+
+def split_batch(indices: Sequence[int], parts: int) -> list[list[int]]:
+    """Cut one batch into ``parts`` contiguous micro-batches of sizes as equal as possible
+    (the first ``len % parts`` one larger; empty ones when the batch has fewer items).
+
+    Micro-batch ``k`` of a batch split for ``W`` ranks × ``A`` accumulation steps runs on rank
+    ``k // A`` (see :mod:`examples.mecpe.engine`).
+
+    >>> split_batch([7, 8, 9, 10, 11], 2)
+    [[7, 8, 9], [10, 11]]
+    >>> split_batch([7], 3)
+    [[7], [], []]
+    """
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    size, extra = divmod(len(indices), parts)
+    out: list[list[int]] = []
+    at = 0
+    for k in range(parts):
+        take = size + (k < extra)
+        out.append(list(indices[at : at + take]))
+        at += take
+    return out

@@ -1,8 +1,10 @@
 """Checkpoints and run files: atomic writes, the format version, RNG state and resume checks.
 
 A run directory holds ``best.pt`` (the dev-selected weights), ``last.pt`` (everything needed
-to continue: weights, optimizer, weight average, RPCL state, every RNG state, history) and
-``run.json`` (config, data statistics, history, metrics). All three carry :data:`FORMAT`; a
+to continue: weights, optimizer, learning-rate schedule, gradient scaler, weight average, and
+per process its RNG states and RPCL state, history) and ``run.json`` (config, data
+statistics, history, metrics). A data-parallel run's ``last.pt`` holds every rank's RNG and
+RPCL state and resumes with the same number of processes only. All three carry :data:`FORMAT`; a
 file of another format is refused with a message naming the file and both versions (the
 trainer never guesses what an older file's missing settings were).
 
@@ -36,6 +38,7 @@ __all__ = [
     "atomic_save",
     "check_resumable",
     "load",
+    "rank_state",
     "read_run_file",
     "restore_last",
     "rng_state",
@@ -48,6 +51,9 @@ __all__ = [
 #: Format of checkpoints and ``run.json``. 2: versioned files, strict configs (no defaults
 #: guessed for settings an older file lacks), ``cause_not_after_emotion`` and
 #: ``keep_last_checkpoint`` named as on the command line, ``dev_only``/``show_test``/``name``.
+#: (Later settings declare their value in older files, ``absent=``; a ``last.pt`` written
+#: before the schedule, scaler, step count and per-rank states were saved resumes as one
+#: process with a constant schedule, which is what it ran.)
 FORMAT = 2
 
 
@@ -158,6 +164,11 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None
         )
     if int(saved["epochs"]) > cfg.epochs:
         raise ValueError(f"cannot resume {path} with fewer epochs than it was started with")
+    if cfg.lr_schedule == "linear" and int(saved["epochs"]) != cfg.epochs:
+        raise ValueError(
+            f"cannot resume {path} with --epochs {cfg.epochs}: its linear learning-rate "
+            f"schedule is laid out over the {saved['epochs']} epochs it was started with"
+        )
 
 
 def save_best(path: Path, state: TrainState, cfg: TrainConfig, mcfg: ModelConfig) -> None:
@@ -175,16 +186,39 @@ def save_best(path: Path, state: TrainState, cfg: TrainConfig, mcfg: ModelConfig
     )
 
 
-def save_last(path: Path, state: TrainState, cfg: TrainConfig, mcfg: ModelConfig) -> None:
-    """Write ``last.pt``: everything :func:`restore_last` needs to continue bit-identically."""
+def rank_state(state: TrainState) -> dict[str, Any]:
+    """What differs between the processes of a run: the RNG states and the RPCL state."""
+    return {
+        "rng": rng_state(state.gens),
+        "rpcl": state.rpcl.state_dict() if state.rpcl is not None else {},
+    }
+
+
+def save_last(
+    path: Path,
+    state: TrainState,
+    cfg: TrainConfig,
+    mcfg: ModelConfig,
+    ranks: list[dict[str, Any]] | None = None,
+) -> None:
+    """Write ``last.pt``: everything :func:`restore_last` needs to continue bit-identically.
+
+    ``ranks``: every process's :func:`rank_state`, in rank order (default: this one's only).
+    """
+    per_rank = ranks if ranks is not None else [rank_state(state)]
+    if len(per_rank) != state.ranks.world:
+        raise ValueError(f"save_last: {len(per_rank)} rank states for {state.ranks.world} ranks")
     atomic_save(
         {
             "format": FORMAT,
             "model": state.model.state_dict(),
             "optimizer": state.optimizer.state_dict(),
+            "schedule": state.schedule.state_dict() if state.schedule is not None else {},
+            "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+            "steps": state.steps,
             "ema": state.ema.state_dict() if state.ema is not None else {},
-            "rpcl": state.rpcl.state_dict() if state.rpcl is not None else {},
-            "rng": rng_state(state.gens),
+            "world_size": state.ranks.world,
+            "ranks": per_rank,
             "model_config": mcfg.to_dict(),
             "config": cfg.to_dict(),
             "epoch": state.epoch,
@@ -201,13 +235,35 @@ def restore_last(path: Path, state: TrainState, cfg: TrainConfig) -> None:
     """Load ``last.pt`` into ``state`` (after checking it was started with ``cfg``'s settings)."""
     ckpt = load(path)
     check_resumable(ckpt["config"], cfg, path)
+    if "ranks" not in ckpt:  # written before per-rank states: one process, no schedule
+        ckpt = {
+            **ckpt,
+            "ranks": [{"rng": ckpt["rng"], "rpcl": ckpt["rpcl"]}],
+            "world_size": 1,
+            "schedule": {},
+            "scaler": {},
+            "steps": int(ckpt["epoch"]) * state.steps_per_epoch,
+        }
+    world = int(ckpt["world_size"])
+    if world != state.ranks.world:
+        how = "without torchrun" if world == 1 else f"with torchrun --nproc-per-node {world}"
+        raise ValueError(
+            f"cannot resume {path}: it was trained by {world} process(es), this run has "
+            f"{state.ranks.world}; each process's random streams are saved: resume {how}"
+        )
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
+    if state.schedule is not None:
+        state.schedule.load_state_dict(ckpt["schedule"])
+    if state.scaler is not None:
+        state.scaler.load_state_dict(ckpt["scaler"])
+    state.steps = int(ckpt["steps"])
     if state.ema is not None:
         state.ema.load_state_dict(ckpt["ema"])
+    mine = ckpt["ranks"][state.ranks.rank]
     if state.rpcl is not None:
-        state.rpcl.load_state_dict(ckpt["rpcl"])
-    set_rng_state(ckpt["rng"], state.gens)
+        state.rpcl.load_state_dict(mine["rpcl"])
+    set_rng_state(mine["rng"], state.gens)
     state.history = list(ckpt["history"])
     state.best_f1, state.best_epoch = float(ckpt["best_f1"]), int(ckpt["best_epoch"])
     state.epoch, state.train_seconds = int(ckpt["epoch"]), float(ckpt["train_seconds"])

@@ -9,14 +9,18 @@ Validation happens in one place (``__post_init__``), and :meth:`TrainConfig.to_d
 Adding a setting is one field here (then use it where it acts). Files written before a field
 existed lack its key and are refused: bump :data:`examples.mecpe.checkpoint.FORMAT` with it, so
 that they are refused by their format version. The exception is a new switch whose value before
-it existed is unambiguous (``view``: every older run used RPCLoss's representation view): it
-declares that value as ``absent=`` and older files read as it, so finished studies stay readable.
+it existed is unambiguous (``view``: every older run used RPCLoss's representation view; the
+transformer encoder's settings: no older run used that encoder; ``lr_schedule``: constant;
+``grad_accum``: 1; ``precision``: fp32; ...): it declares that value as ``absent=`` and older
+files read as it, so finished studies stay readable.
 
 Example::
 
     >>> cfg = TrainConfig(dataset="mecad", fold=1)
     >>> cfg.protocol, cfg.text_encoder          # the dataset's defaults
     ('cv', 'hash')
+    >>> TrainConfig(text_encoder="transformer").lr_schedule   # the encoder's default schedule
+    'linear'
     >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
     True
 """
@@ -46,10 +50,15 @@ from .options import (
     option,
     values_from,
 )
+from .segments import INPUTS
+from .transformer import DEFAULT_MODEL, POOLINGS
 
 __all__ = [
     "ARMS",
     "DEFAULT_VIEW_RATE",
+    "PRECISIONS",
+    "SCHEDULES",
+    "TRANSFORMER",
     "VIEWS",
     "TrainConfig",
     "add_train_options",
@@ -60,6 +69,12 @@ __all__ = [
 ]
 
 ARMS: tuple[str, ...] = ("base", "rpcl")
+#: ``--precision``: float32, or autocast to bfloat16 / float16 (CUDA, with a gradient scaler).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: ``--lr-schedule``: constant learning rates, or linear warm-up then linear decay (per step).
+SCHEDULES: tuple[str, ...] = ("constant", "linear")
+#: the value of ``--text-encoder`` that selects the trainable transformer
+TRANSFORMER = "transformer"
 
 #: RPCL's corrupted views: ``repr`` (RPCLoss corrupts the context encoder's output in its own
 #: second pass) or an input-level view built per batch (:mod:`examples.mecpe.views`).
@@ -108,14 +123,83 @@ class TrainConfig:
     mapping: str | None = option(None, "ECF video_id_mapping.npy (key → table row)", data=True)
     text_encoder: str | None = option(
         None,
-        "minilm | hash | sentence-transformers path or name (default: the dataset's: hash for "
-        "mecad, minilm otherwise)",
+        "minilm (frozen sentence embeddings) | hash (trainable n-gram bags) | transformer "
+        "(a transformer trained end to end, see --encoder-model) | a sentence-transformers "
+        "path or name, frozen (default: the dataset's: hash for mecad, minilm otherwise)",
         data=True,
     )
     hash_buckets: int = option(
         DEFAULT_HASH_BUCKETS, "buckets of the hash text encoder", check=AT_LEAST_1, data=True
     )
-    cache_dir: str = option(".cache/emb", "text embedding cache", on_resume="any", data=True)
+    cache_dir: str = option(
+        ".cache/emb",
+        "text embedding cache (and the frozen layers' states of --text-encoder transformer)",
+        on_resume="any",
+        data=True,
+    )
+    # ---- the trainable transformer (--text-encoder transformer)
+    encoder_model: str = option(
+        DEFAULT_MODEL,
+        "Hugging Face model folder of a BERT-style encoder (minilm: the packaged "
+        "all-MiniLM-L6-v2); read offline",
+        data=True,
+        absent=DEFAULT_MODEL,
+    )
+    train_layers: int = option(
+        2,
+        "top transformer layers trained; the embeddings and the layers below are frozen and "
+        "their output is cached under --cache-dir (all layers, e.g. 6 for MiniLM: the "
+        "embeddings are trained too and nothing is cached)",
+        check=NON_NEGATIVE,
+        data=True,
+        absent=2,
+    )
+    encoder_input: str = option(
+        "utterance",
+        "utterance: one sequence per utterance; conversation: consecutive utterances packed "
+        "into [CLS] u1 [SEP] u2 [SEP] ... sequences of at most --max-tokens, each utterance "
+        "pooled over its own tokens",
+        choices=INPUTS,
+        data=True,
+        absent="utterance",
+    )
+    max_tokens: int | None = option(
+        None,
+        "tokens per sequence, special tokens included; longer utterances are truncated and "
+        "counted in run.json (default: 128 per utterance; the model's limit, 512 for MiniLM, "
+        "per conversation sequence)",
+        check=Check(lambda v: v >= 3, ">= 3"),
+        data=True,
+        absent=None,
+    )
+    pooling: str = option(
+        "mean",
+        "utterance vector: mean of its tokens' top-layer states (attention-masked), or cls: "
+        "the [CLS] state (--encoder-input utterance)",
+        choices=POOLINGS,
+        absent="mean",
+    )
+    encoder_lr: float = option(
+        5e-5, "AdamW learning rate of the transformer", check=POSITIVE, absent=5e-5
+    )
+    encoder_weight_decay: float = option(
+        0.01,
+        "AdamW weight decay of the transformer (not of biases and norms)",
+        check=NON_NEGATIVE,
+        absent=0.01,
+    )
+    chunk_tokens: int = option(
+        4096,
+        "padded tokens per transformer call: a batch's sequences are sorted by length and "
+        "encoded in chunks of at most this many (count x longest) tokens",
+        check=AT_LEAST_1,
+        absent=4096,
+    )
+    grad_checkpoint: bool = option(
+        False,
+        "recompute the trained transformer layers in the backward pass (less memory)",
+        absent=False,
+    )
     # ---- the arm
     arm: str = option("base", "base, or rpcl: base + RPCLoss", choices=ARMS, scope="arm")
     rpcl_args: dict[str, Any] = option(
@@ -143,8 +227,45 @@ class TrainConfig:
     # ---- optimisation
     epochs: int = option(20, "training epochs", check=AT_LEAST_1, on_resume="interrupted")
     batch_size: int = option(16, "conversations per training batch", check=AT_LEAST_1)
-    lr: float = option(1e-3, "AdamW learning rate", check=POSITIVE)
+    lr: float = option(
+        1e-3, "AdamW learning rate (of everything but the transformer)", check=POSITIVE
+    )
     weight_decay: float = option(1e-5, "AdamW weight decay", check=NON_NEGATIVE)
+    lr_schedule: str | None = option(
+        None,
+        "constant, or linear: warm-up over --warmup-ratio of the optimizer steps, then linear "
+        "decay, every learning rate, per step (default: linear with --text-encoder "
+        "transformer, constant otherwise)",
+        choices=SCHEDULES,
+        absent="constant",
+    )
+    warmup_ratio: float = option(
+        0.1, "share of the optimizer steps spent warming up (--lr-schedule linear)",
+        check=UNIT_INTERVAL,
+        absent=0.1,
+    )  # fmt: skip
+    grad_accum: int = option(
+        1,
+        "micro-batches per batch and process: each batch is split into processes x "
+        "grad-accum parts whose losses / (processes x grad-accum) are accumulated into one "
+        "step, so one process with --grad-accum N makes the updates of N data-parallel ones",
+        check=AT_LEAST_1,
+        absent=1,
+    )
+    length_buckets: int = option(
+        0,
+        "batches by length: the shuffled conversations are cut into pools of this many "
+        "batches, each pool sorted by conversation length and cut into batches, and the "
+        "batches shuffled (0: plain shuffled batches)",
+        check=NON_NEGATIVE,
+        absent=0,
+    )
+    precision: str = option(
+        "fp32",
+        "fp32, or autocast to bf16 (CPU or CUDA) / fp16 (CUDA, with a gradient scaler)",
+        choices=PRECISIONS,
+        absent="fp32",
+    )
     grad_clip: float = option(5.0, "gradient norm clip (0: off)", check=NON_NEGATIVE)
     # chosen on ECF dev (runs/ablations: base vs base-drop0.1)
     dropout: float = option(0.1, "dropout rate", check=UNIT_INTERVAL)
@@ -224,6 +345,17 @@ class TrainConfig:
             self.protocol = spec.protocol
         if self.text_encoder is None:
             self.text_encoder = spec.text_encoder
+        if self.lr_schedule is None:
+            self.lr_schedule = "linear" if self.text_encoder == TRANSFORMER else "constant"
+        if self.pooling == "cls" and self.encoder_input != "utterance":
+            raise ValueError(
+                "--pooling cls needs --encoder-input utterance (one [CLS] per utterance)"
+            )
+        if self.view != "repr" and self.text_encoder == TRANSFORMER:
+            raise ValueError(
+                f"--view {self.view} splices per-utterance features; --text-encoder transformer "
+                "encodes token sequences: use --view repr (RPCLoss's representation view)"
+            )
         if self.protocol == "cv" and (self.fold is None or not 0 <= self.fold < self.n_folds):
             raise ValueError(f"protocol cv needs --fold in 0..{self.n_folds - 1}")
         if self.protocol == "split" and self.fold is not None:

@@ -171,6 +171,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             device=device,
             window=cfg.window,
             cause_not_after_emotion=cfg.cause_not_after_emotion,
+            precision=cfg.precision,
+            chunk_tokens=cfg.chunk_tokens,
         )
 
     pred = scores(examples)

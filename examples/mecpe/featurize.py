@@ -1,8 +1,9 @@
 """Conversations → examples: the features a config asks for, and the splits of a run.
 
 :func:`featurize` turns conversations into :class:`~examples.mecpe.batching.Example` objects
-(text: hashed n-grams or cached frozen sentence embeddings; audio / video: rows of feature
-tables). :func:`load_data` reads the splits of a run — the dataset's own train/dev/test, or a
+(text: hashed n-grams, cached frozen sentence embeddings, or the token sequences of a
+transformer trained end to end — with the cached states of its frozen lower layers; audio /
+video: rows of feature tables). :func:`load_data` reads the splits of a run — the dataset's own train/dev/test, or a
 ``cv`` fold over every dialogue (:mod:`examples.mecpe.folds`) — through the dataset registry
 (:mod:`examples.mecpe.datasets`) and returns them with data statistics as a
 :class:`DataBundle`. With ``dev_only`` the test split is neither loaded nor featurized (``cv``:
@@ -22,11 +23,14 @@ from typing import Any
 from . import data as mecpe_data
 from . import datasets, download
 from .batching import Example, build_examples
-from .config import TrainConfig
+from .config import TRANSFORMER, TrainConfig
 from .data import Conversation
 from .features import FeatureTable, modality_flags
 from .folds import cv_parts, dev_fold, series_folds, series_of
+from .runtime import resolve_device
+from .segments import Segments
 from .sources import SOURCES
+from .transformer import EncoderInfo
 
 __all__ = [
     "DataBundle",
@@ -76,7 +80,12 @@ def featurize(
     if tables is None:
         tables = load_feature_tables(cfg)
     text = None
-    if cfg.text_encoder != "hash":
+    segments = None
+    if cfg.text_encoder == TRANSFORMER:
+        segments = transformer_segments(
+            convs, cfg, cache_dataset=cache_dataset, cache_split=cache_split
+        )
+    elif cfg.text_encoder != "hash":
         from .text import encode_conversations
 
         text = encode_conversations(
@@ -95,13 +104,49 @@ def featurize(
         hash_buckets=cfg.hash_buckets if cfg.text_encoder == "hash" else None,
         audio=audio,
         video=video,
+        segments=segments,
     )
+
+
+def transformer_segments(
+    convs: Sequence[Conversation], cfg: TrainConfig, *, cache_dataset: str, cache_split: str
+) -> list[Segments]:
+    """The token sequences of ``convs`` for ``--text-encoder transformer``; with frozen lower
+    layers (``train_layers < L``) their cached states too (:mod:`examples.mecpe.state_cache`)."""
+    from .state_cache import attach_states, states_path
+    from .transformer import describe, max_tokens_of, tokenize
+
+    info = describe(cfg.encoder_model)
+    if cfg.train_layers > info.n_layers:
+        raise ValueError(
+            f"--train-layers {cfg.train_layers}: {info.folder} has {info.n_layers} layers"
+        )
+    max_tokens = max_tokens_of(cfg.encoder_input, cfg.max_tokens, info)
+    segments = tokenize(
+        [c.texts for c in convs], info, layout=cfg.encoder_input, max_tokens=max_tokens
+    )
+    frozen = info.n_layers - cfg.train_layers
+    if cfg.train_layers < info.n_layers:  # the embeddings and `frozen` layers are not trained
+        path = states_path(
+            cfg.cache_dir, cache_dataset, cache_split, cfg.encoder_model, info,
+            frozen_layers=frozen, layout=cfg.encoder_input, max_tokens=max_tokens,
+        )  # fmt: skip
+        attach_states(
+            segments,
+            info,
+            frozen_layers=frozen,
+            cache_file=path,
+            device=resolve_device(cfg.device),
+            chunk_tokens=cfg.chunk_tokens,
+        )
+    return segments
 
 
 @dataclass
 class DataBundle:
     """Train / dev / test examples (``test`` is ``None`` with ``dev_only``), feature
-    dimensions and data statistics."""
+    dimensions, the transformer's folder description (``--text-encoder transformer``) and data
+    statistics."""
 
     train: list[Example]
     dev: list[Example]
@@ -110,6 +155,19 @@ class DataBundle:
     audio_dim: int | None
     video_dim: int | None
     stats: dict[str, Any]
+    transformer: EncoderInfo | None = None
+
+
+def _token_stats(examples: Sequence[Example]) -> dict[str, Any]:
+    """Sequences, tokens and truncated utterances of the transformer's inputs."""
+    segs = [ex.segments for ex in examples if ex.segments is not None]
+    lengths = [n for seg in segs for n in seg.lengths]
+    return {
+        "sequences": len(lengths),
+        "tokens": sum(lengths),
+        "max_sequence_tokens": max(lengths, default=0),
+        "truncated_utterances": sum(seg.truncated for seg in segs),
+    }
 
 
 def _pair_stats(convs: Sequence[Conversation], window: int | None) -> dict[str, Any]:
@@ -204,16 +262,34 @@ def load_data(cfg: TrainConfig) -> DataBundle:
             raise ValueError(f"the {split} split is empty")
     first = splits["train"][1][0]
     stats: dict[str, Any] = {s: _pair_stats(c, cfg.window) for s, (c, _) in splits.items()}
+    info = None
+    text_dim = None if first.text is None else int(first.text.shape[1])
+    if cfg.text_encoder == TRANSFORMER:
+        from .transformer import describe, max_tokens_of
+
+        info = describe(cfg.encoder_model)
+        text_dim = info.hidden
+        for split, (_, exs) in splits.items():
+            stats[split]["transformer_inputs"] = _token_stats(exs)
+        stats["transformer"] = {
+            "model": cfg.encoder_model,
+            "fingerprint": info.fingerprint,
+            "layers": info.n_layers,
+            "trained_layers": cfg.train_layers,
+            "hidden": info.hidden,
+            "max_tokens": max_tokens_of(cfg.encoder_input, cfg.max_tokens, info),
+        }
     if cv_info:
         stats["cv"] = cv_info
     return DataBundle(
         train=splits["train"][1],
         dev=splits["dev"][1],
         test=splits["test"][1] if "test" in splits else None,
-        text_dim=None if first.text is None else int(first.text.shape[1]),
+        text_dim=text_dim,
         audio_dim=None if first.audio is None else int(first.audio.shape[1]),
         video_dim=None if first.video is None else int(first.video.shape[1]),
         stats=stats,
+        transformer=info,
     )
 
 

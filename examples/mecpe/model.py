@@ -2,9 +2,11 @@
 
 Architecture (the *matched base*; the RPCL arm only adds the library's loss terms):
 
-* :class:`UtteranceEncoder`: each modality (frozen text embedding or a trainable hashed n-gram
-  ``EmbeddingBag``; optional audio / video feature vectors) → ``Linear`` → concatenation →
-  ``Linear(→ utt_dim)`` + ReLU + dropout: utterance representations ``(B, N, D)``.
+* :class:`UtteranceEncoder`: each modality (frozen text embedding, a trainable hashed n-gram
+  ``EmbeddingBag``, or the pooled states of a transformer trained end to end,
+  :class:`~examples.mecpe.transformer.TransformerText`; optional audio / video feature vectors)
+  → ``Linear`` → concatenation → ``Linear(→ utt_dim)`` + ReLU + dropout: utterance
+  representations ``(B, N, D)``.
 * ``model.context`` (:class:`ContextEncoder`): a BiLSTM over the utterances of a conversation.
   Its **first positional input** is the utterance representations ``(B, N, D)`` and its output
   the contextual representations ``(B, N, H)``; :class:`torch_pairconf.RPCLoss` hooks it
@@ -28,8 +30,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .batching import Batch
+from .transformer import TransformerText
 
 __all__ = [
+    "ABSENT",
     "N_EMOTIONS",
     "ContextEncoder",
     "MECPEModel",
@@ -65,6 +69,12 @@ class ModelConfig:
         max_rel: relative positions ``i - j`` are clipped to ``[-max_rel, max_rel]``.
         dropout: dropout rate.
         n_emotions: number of emotion classes.
+        transformer: the model folder (``minilm`` or a path) of a transformer text encoder
+            trained end to end, or ``None`` (``text_dim`` is then its hidden size).
+        transformer_fingerprint: the folder's file fingerprint the model was built from.
+        train_layers: the transformer's top layers that are part of the model (and trained).
+        pooling: ``mean`` or ``cls`` pooling of the transformer's states per utterance.
+        grad_checkpoint: recompute the transformer layers' activations in the backward pass.
     """
 
     text_dim: int | None = 384
@@ -81,6 +91,11 @@ class ModelConfig:
     max_rel: int = 12
     dropout: float = 0.1
     n_emotions: int = N_EMOTIONS
+    transformer: str | None = None
+    transformer_fingerprint: str | None = None
+    train_layers: int = 0
+    pooling: str = "mean"
+    grad_checkpoint: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (stored in checkpoints)."""
@@ -91,9 +106,11 @@ class ModelConfig:
         """Rebuild from :meth:`to_dict`; missing or unknown keys raise naming ``source``.
 
         (Files written before a field existed are refused by their format version first:
-        :data:`examples.mecpe.checkpoint.FORMAT`.)
+        :data:`examples.mecpe.checkpoint.FORMAT`; the transformer's fields, which no older
+        model had, read as :data:`ABSENT` when missing.)
         """
         names = {f.name for f in fields(cls)}
+        d = {**{k: v for k, v in ABSENT.items() if k not in d}, **d}
         missing, unknown = sorted(names - set(d)), sorted(set(d) - names)
         if missing or unknown:
             raise ValueError(
@@ -101,6 +118,17 @@ class ModelConfig:
                 f"{', '.join(missing) or '-'}; unknown: {', '.join(unknown) or '-'})"
             )
         return cls(**d)
+
+
+#: The values of the :class:`ModelConfig` fields added with the transformer text encoder in a
+#: file written before they existed (such a model had no transformer).
+ABSENT: dict[str, Any] = {
+    "transformer": None,
+    "transformer_fingerprint": None,
+    "train_layers": 0,
+    "pooling": "mean",
+    "grad_checkpoint": False,
+}
 
 
 class ModelOutput(NamedTuple):
@@ -120,7 +148,17 @@ class UtteranceEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.bag: nn.EmbeddingBag | None = None
-        if cfg.text_dim is None:
+        self.transformer: TransformerText | None = None
+        if cfg.transformer is not None:
+            self.transformer = TransformerText(
+                cfg.transformer,
+                train_layers=cfg.train_layers,
+                fingerprint=cfg.transformer_fingerprint,
+                pooling=cfg.pooling,
+                grad_checkpoint=cfg.grad_checkpoint,
+            )
+            self.text = nn.Linear(self.transformer.hidden, cfg.modality_dim)
+        elif cfg.text_dim is None:
             self.bag = nn.EmbeddingBag(cfg.hash_buckets, cfg.hash_dim, mode="mean")
             nn.init.normal_(self.bag.weight, std=0.1)
             self.text = nn.Linear(cfg.hash_dim, cfg.modality_dim)
@@ -139,6 +177,10 @@ class UtteranceEncoder(nn.Module):
             if batch.token_ids is None or batch.token_offsets is None:
                 raise ValueError("the hash text encoder needs batch.token_ids / token_offsets")
             text = self.bag(batch.token_ids, batch.token_offsets).view(bsz, n, -1)
+        elif self.transformer is not None:
+            if batch.text_tokens is None:
+                raise ValueError("the transformer text encoder needs batch.text_tokens")
+            text = self.transformer(batch.text_tokens, batch_size=bsz, n=n)
         else:
             if batch.text is None:
                 raise ValueError("this model needs text embeddings (batch.text)")
@@ -261,10 +303,12 @@ class MECPEModel(nn.Module):
         """Run the model on a (device-resident) :class:`~examples.mecpe.batching.Batch`."""
         x = self.utterance(batch)
         h = self.dropout(self.context(x, batch.lengths))
+        # float32 outputs under autocast too (a no-op in float32): losses and RPCL's two views
+        # compare in one dtype
         return ModelOutput(
-            pair_logits=self.pair_scorer(h, batch.speakers, batch.mask),
-            emotion_logits=self.emotion_head(h),
-            cause_logits=self.cause_head(h).squeeze(-1),
+            pair_logits=self.pair_scorer(h, batch.speakers, batch.mask).float(),
+            emotion_logits=self.emotion_head(h).float(),
+            cause_logits=self.cause_head(h).squeeze(-1).float(),
         )
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .batching import Example, collate
+from .batching import DEFAULT_CHUNK_TOKENS, Example, collate
 from .model import MECPEModel, PairScorer
+from .runtime import autocast
 
 __all__ = ["Predictions", "decode_pairs", "predict", "save_scores"]
 
@@ -58,8 +59,11 @@ def predict(
     batch_size: int = 64,
     window: int | None = None,
     cause_not_after_emotion: bool = False,
+    precision: str = "fp32",
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> Predictions:
-    """Run ``model`` in eval mode over ``examples`` (in order) and gather padded outputs."""
+    """Run ``model`` in eval mode over ``examples`` (in order) and gather padded outputs
+    (``precision``: ``fp32`` or an autocast dtype, as in training; outputs are float32)."""
     was_training = model.training
     model.eval()
     c = len(examples)
@@ -75,8 +79,14 @@ def predict(
     mask = torch.zeros(c, n, dtype=torch.bool)
     for start in range(0, c, batch_size):
         chunk = examples[start : start + batch_size]
-        batch = collate(chunk, window=window, cause_not_after_emotion=cause_not_after_emotion)
-        out = model(batch.to(device))
+        batch = collate(
+            chunk,
+            window=window,
+            cause_not_after_emotion=cause_not_after_emotion,
+            chunk_tokens=chunk_tokens,
+        )
+        with autocast(torch.device(device), precision):
+            out = model(batch.to(device))
         sl = slice(start, start + len(chunk))
         m = batch.mask.shape[1]
         pair_logits[sl, :m, :m] = out.pair_logits.float().cpu()

@@ -1,10 +1,13 @@
-"""Device, determinism and seeding of a run.
+"""Device, precision, determinism and seeding of a run.
 
-A run is bit-identical for a given seed, device, thread count and CPU code path: cuDNN and
-torch run their deterministic algorithms (CUDA gets the cuBLAS workspace setting that needs),
-every global RNG (Python, NumPy, torch) is seeded right before the model is built, and the data
-order and the RPCL corruption draw from their own seeded generators
-(:mod:`examples.mecpe.engine`).
+A run is bit-identical for a given seed, device, thread count, CPU code path and number of
+processes: cuDNN and torch run their deterministic algorithms (CUDA gets the cuBLAS workspace
+setting that needs), every global RNG (Python, NumPy, torch) is seeded right before the model
+is built, and the data order and the RPCL corruption draw from their own seeded generators
+(:mod:`examples.mecpe.engine`). When a batch is split into micro-batches (data-parallel ranks,
+gradient accumulation) the global torch RNG, which dropout draws from, is re-seeded before each
+micro-batch from :func:`micro_batch_seed`, so that a micro-batch draws the same dropout masks
+whichever process runs it.
 
 The CPU code path matters: torch's vectorised kernels (``ATEN_CPU_CAPABILITY``), MKL
 (``MKL_CBWR``) and oneDNN (``ONEDNN_MAX_CPU_ISA``) pick their instructions per processor, and
@@ -15,16 +18,29 @@ that have it; :func:`numerics` records what a run used in ``run.json``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import random
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
 
-__all__ = ["NUMERICS_ENV", "configure", "numerics", "resolve_device", "seed_everything"]
+__all__ = [
+    "NUMERICS_ENV",
+    "autocast",
+    "configure",
+    "micro_batch_seed",
+    "numerics",
+    "resolve_device",
+    "seed_everything",
+]
 
 #: Environment variables that choose the CPU code path of torch, MKL and oneDNN.
 NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,3 +82,25 @@ def numerics() -> dict[str, object]:
         "threads": torch.get_num_threads(),
         **{name: os.environ.get(name) for name in NUMERICS_ENV},
     }
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:
+    """The autocast context of ``--precision`` (``fp32``: none; ``fp16`` needs CUDA)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in _AUTOCAST_DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; expected fp32, bf16 or fp16")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device (on the CPU use bf16)")
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def micro_batch_seed(seed: int, step: int, index: int) -> int:
+    """The global-RNG seed of micro-batch ``index`` of optimizer step ``step`` (a 63-bit hash
+    of the three, so that no two micro-batches of a run share a stream).
+
+    >>> micro_batch_seed(42, 0, 1) == micro_batch_seed(42, 0, 1) != micro_batch_seed(42, 1, 0)
+    True
+    """
+    digest = hashlib.sha256(f"micro-batch {seed} {step} {index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -9,10 +9,19 @@ metric registry (:mod:`examples.mecpe.metrics`), and ``scores_<split>.npz`` the 
 gold and valid masks for plots. The final log line shows dev metrics (test ones with
 ``--show-test``). Every option is a field of :class:`~examples.mecpe.config.TrainConfig`.
 
+Data-parallel (``torchrun --nproc-per-node N -m examples.mecpe.train ...``): every process
+loads the data (rank 0 first, filling the caches), trains its share of each batch
+(:mod:`examples.mecpe.engine`), and rank 0 alone validates (its metrics are broadcast, so
+every rank takes the same best-epoch decision), logs, writes the checkpoints (``last.pt`` with
+every rank's RNG and RPCL state) and ``run.json``, and evaluates ``best.pt``; ``run()``
+returns the same result on every rank.
+
 Example::
 
     python -m examples.mecpe.train --dataset ecf --data-dir ../shared/data/ecf \\
         --arm rpcl --rpcl-arg margin_weight=0.3 --seed 42 --out runs/ecf/rpcl-seed42
+    torchrun --nproc-per-node 2 -m examples.mecpe.train --text-encoder transformer \\
+        --data-dir ../shared/data/ecf --out runs/ecf/encoder-seed42
 """
 
 from __future__ import annotations
@@ -25,57 +34,100 @@ from typing import Any
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .cli import add_debug_option, guarded
 from .config import TrainConfig, add_train_options, config_from_args
+from .distributed import Ranks
 from .engine import EpochResult, TrainState, build_state, evaluate_split, model_config, run_epoch
 from .featurize import DataBundle, load_data
 from .metrics import Recalibration, RunFacts, SplitMetrics, compute_metrics, run_metrics
 from .model import ModelConfig
 from .options import HelpFormatter
 from .predict import save_scores
-from .runtime import configure, numerics, resolve_device
+from .runtime import autocast, configure, numerics, resolve_device
 
 __all__ = ["build_parser", "main", "run"]
 
 
-def _log(cfg: TrainConfig, msg: str) -> None:
-    if not cfg.quiet:
+def _log(cfg: TrainConfig, msg: str, ranks: Ranks | None = None) -> None:
+    if not cfg.quiet and (ranks is None or ranks.main):
         print(msg, flush=True)
 
 
+def _device(cfg: TrainConfig, ranks: Ranks) -> torch.device:
+    """The run's device; data-parallel CUDA runs use ``cuda:LOCAL_RANK``."""
+    device = resolve_device(cfg.device)
+    if ranks.parallel and device.type == "cuda":
+        if cfg.device not in ("auto", "cuda") and device.index != ranks.local_rank:
+            raise ValueError(
+                f"--device {cfg.device}: under torchrun each process uses cuda:LOCAL_RANK; "
+                "give --device cuda (or auto)"
+            )
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    autocast(device, cfg.precision)  # an impossible precision fails before the data is read
+    return device
+
+
 def run(cfg: TrainConfig, data: DataBundle | None = None) -> dict[str, Any]:
-    """Train and evaluate one run; returns (and writes) the ``run.json`` content."""
+    """Train and evaluate one run; returns (and writes) the ``run.json`` content.
+
+    Under ``torchrun`` (or inside an initialised process group) the run is data-parallel.
+    """
+    ranks = distributed.from_environment()
+    device = _device(cfg, ranks)
+    with distributed.process_group(ranks, device):
+        return _run(cfg, data, ranks, device)
+
+
+def _load(cfg: TrainConfig, ranks: Ranks) -> DataBundle:
+    """Rank 0 loads first (it fills the embedding / state caches), then the others."""
+    if ranks.main:
+        data = load_data(cfg)
+    distributed.barrier(ranks)
+    if not ranks.main:
+        data = load_data(cfg)
+    return data
+
+
+def _run(
+    cfg: TrainConfig, data: DataBundle | None, ranks: Ranks, device: torch.device
+) -> dict[str, Any]:
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    device = resolve_device(cfg.device)
     configure(device, cfg.threads)
     # ---- build
     if data is None:
-        data = load_data(cfg)
+        data = _load(cfg, ranks)
     mcfg = model_config(cfg, data)
-    state = build_state(cfg, mcfg, len(data.train), device)
+    state = build_state(cfg, mcfg, len(data.train), device, ranks)
     if cfg.resume and last_path.is_file():
         checkpoint.restore_last(last_path, state, cfg)
-        _log(cfg, f"resumed from {last_path} after epoch {state.epoch}")
+        _log(cfg, f"resumed from {last_path} after epoch {state.epoch}", ranks)
     elif cfg.resume:
-        _log(cfg, f"no {last_path}; starting from scratch")
+        _log(cfg, f"no {last_path}; starting from scratch", ranks)
     # ---- epochs: train, validate, checkpoint
     show_bar = not cfg.quiet and sys.stderr.isatty()
     while state.epoch < cfg.epochs:
         epoch = run_epoch(state, data, cfg, device, show_bar=show_bar)
-        if epoch.improved:
+        if epoch.improved and ranks.main:
             checkpoint.save_best(best_path, state, cfg, mcfg)
-        checkpoint.save_last(last_path, state, cfg, mcfg)
-        _log(cfg, _epoch_line(cfg, epoch, len(data.train)))
-    # ---- report
-    metrics = _evaluate_best(state, data, cfg, device, out_dir)
-    result = _run_record(cfg, mcfg, state, data, device, metrics)
-    checkpoint.write_json(result, out_dir / "run.json")
-    if not cfg.keep_last_checkpoint:
-        last_path.unlink(missing_ok=True)
-    print(_final_line(cfg, result), flush=True)
+        per_rank = distributed.all_gather(checkpoint.rank_state(state), ranks)
+        if ranks.main:
+            checkpoint.save_last(last_path, state, cfg, mcfg, per_rank)
+        _log(cfg, _epoch_line(cfg, epoch, len(data.train)), ranks)
+    # ---- report (rank 0), shared with every rank
+    result: dict[str, Any] | None = None
+    if ranks.main:
+        metrics = _evaluate_best(state, data, cfg, device, out_dir)
+        result = _run_record(cfg, mcfg, state, data, device, metrics)
+        checkpoint.write_json(result, out_dir / "run.json")
+        if not cfg.keep_last_checkpoint:
+            last_path.unlink(missing_ok=True)
+        print(_final_line(cfg, result), flush=True)
+    result = distributed.broadcast(result, ranks)
+    assert result is not None
     return result
 
 
@@ -124,6 +176,7 @@ def _run_record(
         "model_config": mcfg.to_dict(),
         "n_parameters": sum(p.numel() for p in state.model.parameters()),
         "device": str(device),
+        "world_size": state.ranks.world,
         "torch": torch.__version__,
         "numerics": numerics(),
         "data": data.stats,

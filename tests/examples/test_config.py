@@ -31,6 +31,15 @@ SAMPLES: dict[str, tuple[list[str], Any]] = {
     "text_encoder": (["--text-encoder", "hash"], "hash"),
     "hash_buckets": (["--hash-buckets", "64"], 64),
     "cache_dir": (["--cache-dir", "c"], "c"),
+    "encoder_model": (["--encoder-model", "models/bert"], "models/bert"),
+    "train_layers": (["--train-layers", "6"], 6),
+    "encoder_input": (["--encoder-input", "conversation"], "conversation"),
+    "max_tokens": (["--max-tokens", "64"], 64),
+    "pooling": (["--pooling", "cls"], "cls"),
+    "encoder_lr": (["--encoder-lr", "2e-5"], 2e-5),
+    "encoder_weight_decay": (["--encoder-weight-decay", "0"], 0.0),
+    "chunk_tokens": (["--chunk-tokens", "2048"], 2048),
+    "grad_checkpoint": (["--grad-checkpoint"], True),
     "arm": (["--arm", "rpcl"], "rpcl"),
     "rpcl_args": (
         ["--arm", "rpcl", "--rpcl-arg", "margin_weight=0.3", "--rpcl-arg", "where=input"],
@@ -43,6 +52,11 @@ SAMPLES: dict[str, tuple[list[str], Any]] = {
     "batch_size": (["--batch-size", "4"], 4),
     "lr": (["--lr", "5e-4"], 5e-4),
     "weight_decay": (["--weight-decay", "0.01"], 0.01),
+    "lr_schedule": (["--lr-schedule", "linear"], "linear"),
+    "warmup_ratio": (["--warmup-ratio", "0"], 0.0),
+    "grad_accum": (["--grad-accum", "2"], 2),
+    "length_buckets": (["--length-buckets", "50"], 50),
+    "precision": (["--precision", "bf16"], "bf16"),
     "grad_clip": (["--grad-clip", "0"], 0.0),
     "dropout": (["--dropout", "0.3"], 0.3),
     "pair_weight": (["--pair-weight", "3"], 3.0),
@@ -116,6 +130,12 @@ def test_dataset_defaults_come_from_the_registry() -> None:
     assert TrainConfig(dataset="mecad", protocol="split", text_encoder="x").protocol == "split"
 
 
+def test_schedule_default_follows_the_text_encoder() -> None:
+    assert TrainConfig().lr_schedule == "constant"
+    assert TrainConfig(text_encoder="transformer").lr_schedule == "linear"
+    assert TrainConfig(text_encoder="transformer", lr_schedule="constant").lr_schedule == "constant"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -148,6 +168,16 @@ def test_dataset_defaults_come_from_the_registry() -> None:
         (
             {"arm": "rpcl", "view": "delete", "rpcl_args": {"where": "input"}},
             "--rpcl-arg where: a setting of RPCLoss's own representation view",
+        ),
+        ({"pooling": "cls", "encoder_input": "conversation"}, "--pooling cls needs"),
+        ({"max_tokens": 2}, r"max_tokens must be >= 3 or None, got 2 \(--max-tokens\)"),
+        ({"train_layers": -1}, "train_layers must be >= 0"),
+        ({"precision": "fp8"}, "unknown precision 'fp8'"),
+        ({"grad_accum": 0}, "grad_accum must be >= 1"),
+        ({"warmup_ratio": 1.0}, r"warmup_ratio must be in \[0, 1\)"),
+        (
+            {"arm": "rpcl", "view": "delete", "text_encoder": "transformer"},
+            "--view delete splices per-utterance features; --text-encoder transformer",
         ),
     ],
 )
@@ -190,7 +220,26 @@ def test_files_written_before_the_view_setting_read_as_the_repr_view() -> None:
     assert TrainConfig.from_dict(old) == cfg
     assert cfg.diff(old, set()) == ""
     absent = {f.name for f in fields(TrainConfig) if info(f).has_absent}
-    assert absent == {"view", "view_rate"}  # every other setting must be in the file
+    assert absent == {"view", "view_rate", *ENCODER_ERA}  # every other setting must be in the file
+
+
+#: Settings added with the trainable transformer encoder, micro-batches and the LR schedule.
+ENCODER_ERA = (
+    "encoder_model", "train_layers", "encoder_input", "max_tokens", "pooling", "encoder_lr",
+    "encoder_weight_decay", "chunk_tokens", "grad_checkpoint", "lr_schedule", "warmup_ratio",
+    "grad_accum", "length_buckets", "precision",
+)  # fmt: skip
+
+
+def test_files_written_before_the_encoder_settings_read_as_what_they_ran() -> None:
+    """A file of a run from before the transformer encoder, the schedule, micro-batches and
+    autocast: a constant schedule, one micro-batch, float32 (and an unused encoder)."""
+    cfg = TrainConfig(arm="rpcl")
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ENCODER_ERA}
+    restored = TrainConfig.from_dict(old)
+    assert restored == cfg and cfg.diff(old, set()) == ""
+    assert (restored.lr_schedule, restored.grad_accum, restored.precision) == ("constant", 1, "fp32")
+    assert restored.length_buckets == 0
 
 
 def test_diff_lists_what_differs() -> None:

@@ -17,6 +17,13 @@ MODULES = (
     "views",
     "robustness",
     "calibration",
+    "batching",
+    "segments",
+    "text_chunks",
+    "transformer",
+    "optim",
+    "runtime",
+    "distributed",
 )
 
 

@@ -216,7 +216,7 @@ def test_train_step_with_an_input_view_has_a_finite_consistency_term() -> None:
     idx = [0, 4, 7]
     batch = collate([pool[i] for i in idx])
     view = state.view.batch(pool, idx, window=None, cause_not_after_emotion=False)
-    parts = train_step(state.model, batch, state.optimizer, state.rpcl, cfg, view=view)
+    parts = train_step(state, [batch], cfg, torch.device("cpu"), views=[view])
     assert all(math.isfinite(v) for v in parts.values())
     assert parts["rpcl_consistency"] > 0 and "rpcl_margin" not in parts
 
