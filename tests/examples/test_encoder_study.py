@@ -1,0 +1,68 @@
+"""The trained-encoder study entry points: the dev-search grid, the study script's options, and
+a settings-file dev-only study with the tiny random BERT."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shlex
+from pathlib import Path
+
+from examples.mecpe import study as mecpe_study
+from examples.mecpe.config import data_key
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _plan(*argv: str) -> list:  # type: ignore[type-arg]
+    args = mecpe_study.build_parser().parse_args(list(argv))
+    study = mecpe_study.StudyConfig(**mecpe_study.values_from(args, mecpe_study.StudyConfig))
+    return mecpe_study._plan(study, mecpe_study._arms(study), args)
+
+
+def test_search_grid_plans_every_setting_of_the_brief() -> None:
+    plan = _plan("--settings", str(ROOT / "examples/mecpe/search_encoder.txt"), "--out", "o",
+                 "--seeds", "42", "--dev-only")  # fmt: skip
+    grid = {(c.encoder_lr, c.train_layers, c.epochs) for c in plan}
+    assert grid == {(lr, k, e) for lr in (2e-5, 5e-5, 1e-4) for k in (2, 6) for e in (6, 10)}
+    assert len(plan) == 12
+    for cfg in plan:
+        assert (cfg.arm, cfg.text_encoder, cfg.lr_schedule, cfg.dev_only) == (
+            "base", "transformer", "linear", True,
+        )  # fmt: skip
+    # runs of one --train-layers value are adjacent: the study loads the examples twice
+    keys = [data_key(c) for c in plan]
+    assert sum(a != b for a, b in itertools.pairwise(keys)) == 1
+
+
+def test_study_script_options_parse() -> None:
+    script = (ROOT / "examples/mecpe/run_ecf_encoder.sh").read_text()
+    command = re.search(r"python -m examples\.mecpe\.study (.*?)\n(?!\s)", script, re.S)
+    assert command is not None
+    argv = shlex.split(command.group(1).replace("\\\n", " ").replace('"$data"', "d").replace(
+        '"$out"', "o").replace('"${THREADS:-2}"', "2"))  # fmt: skip
+    plan = _plan(*argv)
+    assert {c.arm for c in plan} == {"base", "rpcl"} and len(plan) == 6
+    assert all(c.text_encoder == "transformer" and c.encoder_model == "minilm" for c in plan)
+
+
+def test_settings_file_dev_only_study_with_the_encoder(
+    tiny: Path, tiny_bert: Path, tmp_path: Path
+) -> None:
+    settings = tmp_path / "search.txt"
+    settings.write_text(
+        "top1 | --arm base --text-encoder transformer --train-layers 1 --encoder-lr 1e-4\n"
+        "top1-lr | --arm base --text-encoder transformer --train-layers 1 --encoder-lr 3e-4\n"
+    )
+    out = tmp_path / "study"
+    argv = ["--settings", str(settings), "--data-dir", str(tiny), "--out", str(out),
+            "--seeds", "1", "--epochs", "1", "--dev-only", "--quiet", "--device", "cpu",
+            "--encoder-model", str(tiny_bert), "--max-tokens", "16",
+            "--cache-dir", str(tmp_path / "cache"), "--threads", "1"]  # fmt: skip
+    assert mecpe_study.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["arm"] for r in summary["runs"]} == {"top1", "top1-lr"}
+    assert all("test" not in r for r in summary["runs"])
+    runs = [json.loads((out / f"{a}-seed1" / "run.json").read_text()) for a in ("top1", "top1-lr")]
+    assert [r["config"]["encoder_lr"] for r in runs] == [1e-4, 3e-4]
