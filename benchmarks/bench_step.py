@@ -19,7 +19,13 @@ Batches: 16 synthetic conversations with ECF-like lengths (1..33 utterances, mea
 Profiles: ``ecf_mix`` cycles through 8 such batches (an epoch-like mix of padded sizes) and
 ``ecf_max`` repeats one batch padded to the ECF maximum N = 33; ``word_cnn_mix`` is ``ecf_mix``
 on a model with a costly upstream: the utterance encoder is a CNN over the 24 words of each
-utterance (300-d embeddings, 200 filters of width 3, max-pooled), as in public ECPE trainers.
+utterance (300-d embeddings, 200 filters of width 3, max-pooled), as in public ECPE trainers;
+``minilm_mix`` is ``ecf_mix`` on the trained-encoder regime: the utterance encoder is the
+reference trainer's transformer encoder (``--text-encoder transformer``) with the top two
+layers of the packaged all-MiniLM-L6-v2 trained (``--encoder-model`` another folder) on the
+cached float16 states of its frozen lower layers, utterances of 35-55 tokens (random ids, the
+states computed once by the real frozen layers). There the RPCL second pass must not run the
+transformer: ``rpcl`` replays it (target <= 1.15), ``rpcl_output`` re-runs it.
 
 The model is ``examples.mecpe.model.MECPEModel`` with the reference trainer's ``ModelConfig``
 defaults when importable, else a self-contained stand-in with a similar structure (Linear
@@ -32,6 +38,7 @@ Run from the repository root::
 
     python -m benchmarks.bench_step --quick
     python -m benchmarks.bench_step
+    python -m benchmarks.bench_step --profiles minilm_mix     # the trained-encoder profile only
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ from ._common import (
 
 ARMS = ("base", "rpcl", "rpcl_output", "rpcl_rerun", "rpcl_margin_only")
 WORDS = 24  # words per utterance of the word-CNN profile
+UTT_TOKENS = (35, 55)  # token range of an utterance of the transformer profile
+TRAINED_LAYERS = 2  # transformer layers trained in the transformer profile
 TEXT_DIM = 384
 BATCH = 16
 MAX_N = 33
@@ -89,7 +98,11 @@ ROW_KEYS = (
 
 try:  # the reference trainer's model
     from examples.mecpe.batching import Batch as _RealBatch
+    from examples.mecpe.batching import Example, collate
     from examples.mecpe.model import MECPEModel, ModelConfig, mecpe_loss
+    from examples.mecpe.segments import pack_utterances
+    from examples.mecpe.state_cache import attach_states
+    from examples.mecpe.transformer import describe, special_ids
 
     HAVE_REAL_MODEL = True
 except ImportError:  # pragma: no cover - only while examples/ is missing
@@ -196,11 +209,26 @@ class WordCNNUtterance(nn.Module):
 
 
 def build_model(
-    seed: int, use_real: bool = True, upstream: str = "mecpe"
+    seed: int, use_real: bool = True, upstream: str = "mecpe", encoder_model: str = "minilm"
 ) -> tuple[nn.Module, Callable[..., Any], str]:
     """``(model, base_loss_fn, name)``: the reference model if importable, else the stand-in;
-    ``upstream="word_cnn"`` swaps the reference model's utterance encoder for a word CNN."""
+    ``upstream="word_cnn"`` swaps the reference model's utterance encoder for a word CNN,
+    ``upstream="transformer"`` builds it with the transformer encoder of ``encoder_model``."""
     torch.manual_seed(seed)
+    if use_real and HAVE_REAL_MODEL and upstream == "transformer":
+        info = describe(encoder_model)
+        model = MECPEModel(
+            ModelConfig(
+                text_dim=info.hidden,
+                transformer=encoder_model,
+                transformer_fingerprint=info.fingerprint,
+                train_layers=TRAINED_LAYERS,
+            )
+        )
+        return model, mecpe_loss, (
+            f"examples.mecpe.model.MECPEModel with the transformer encoder ({encoder_model}, "
+            f"top {TRAINED_LAYERS} of {info.n_layers} layers trained)"
+        )
     if use_real and HAVE_REAL_MODEL:
         model = MECPEModel(ModelConfig(text_dim=TEXT_DIM))
         name = "examples.mecpe.model.MECPEModel"
@@ -271,17 +299,58 @@ def make_batch(
     return batch
 
 
+def make_encoder_batch(
+    lengths: Sequence[int], seed: int, device: torch.device, encoder_model: str
+) -> Any:
+    """A reference-trainer batch for the transformer profile: :func:`make_batch`'s structure,
+    plus per utterance a ``[CLS] ids [SEP]`` sequence of 35-55 random tokens with the states of
+    the frozen lower layers (computed by the real layers), collated in length-sorted chunks."""
+    base = make_batch(lengths, seed, torch.device("cpu"), torch.float32, real=True)
+    info = describe(encoder_model)
+    cls, sep = special_ids(info)
+    g = torch.Generator().manual_seed(seed + 1)
+    low, high = UTT_TOKENS
+    high = min(high, info.max_positions)
+    low = min(low, high)
+    examples = []
+    for b, n in enumerate(lengths):
+        counts = torch.randint(low - 2, high - 1, (n,), generator=g).tolist()
+        pieces = [torch.randint(0, info.vocab_size, (c,), generator=g).tolist() for c in counts]
+        segments = pack_utterances(pieces, cls=cls, sep=sep, max_tokens=high)
+        examples.append(
+            Example(
+                conv_id=f"c{b}", length=n, pairs=base.pairs[b],
+                speakers=base.speakers[b, :n], emotions=base.emotions[b, :n],
+                causes=base.causes[b, :n], segments=segments,
+            )
+        )  # fmt: skip
+    attach_states(
+        [ex.segments for ex in examples],  # type: ignore[misc]
+        info,
+        frozen_layers=info.n_layers - TRAINED_LAYERS,
+        cache_file=None,
+        device=torch.device("cpu"),
+        chunk_tokens=8192,
+    )
+    return collate(examples).to(device)
+
+
 def profiles(quick: bool, seed: int) -> dict[str, list[list[int]]]:
     """Per profile, the list of batches' conversation lengths."""
     g = torch.Generator().manual_seed(seed)
     mix = [ecf_lengths(g) for _ in range(3 if quick else 8)]
     top = ecf_lengths(g)
     top[0] = MAX_N
-    return {"ecf_mix": mix, "ecf_max": [top], "word_cnn_mix": mix}
+    return {"ecf_mix": mix, "ecf_max": [top], "word_cnn_mix": mix, "minilm_mix": mix}
 
 
 #: The upstream (utterance encoder) of each profile's model.
-PROFILE_UPSTREAM = {"ecf_mix": "mecpe", "ecf_max": "mecpe", "word_cnn_mix": "word_cnn"}
+PROFILE_UPSTREAM = {
+    "ecf_mix": "mecpe",
+    "ecf_max": "mecpe",
+    "word_cnn_mix": "word_cnn",
+    "minilm_mix": "transformer",
+}
 
 
 # ----------------------------------------------------------------------------- arms
@@ -337,16 +406,25 @@ def bench_profile(
     arms: Sequence[str] = ARMS,
     use_real: bool = True,
     upstream: str = "mecpe",
+    encoder_model: str = "minilm",
 ) -> list[dict[str, Any]]:
     """Result rows (one per arm) of one batch profile."""
-    model0, base_loss, _ = build_model(cfg.seed, use_real, upstream)
+    model0, base_loss, _ = build_model(cfg.seed, use_real, upstream, encoder_model)
     model0 = model0.to(device, dtype)
     real = use_real and HAVE_REAL_MODEL
     words = upstream == "word_cnn"
-    batches = [
-        make_batch(ls, cfg.seed + k, device, dtype, real, words)
-        for k, ls in enumerate(batch_lengths)
-    ]
+    if upstream == "transformer":
+        if not real:
+            raise ValueError("the transformer upstream needs the reference model")
+        batches = [
+            make_encoder_batch(ls, cfg.seed + k, device, encoder_model)
+            for k, ls in enumerate(batch_lengths)
+        ]
+    else:
+        batches = [
+            make_batch(ls, cfg.seed + k, device, dtype, real, words)
+            for k, ls in enumerate(batch_lengths)
+        ]
     steps = {arm: make_step(arm, copy.deepcopy(model0), base_loss, batches) for arm in arms}
     for fn in steps.values():  # warm-up: one pass over the batches
         for _ in batches:
@@ -428,9 +506,10 @@ def to_markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: (profile, RPCL/base step-time ceiling): the reference model's ECF profiles, and a model whose
-#: upstream (a word CNN) costs as much as the rest, where the second pass must skip it.
-TARGETS = (("ecf_mix", 1.6), ("ecf_max", 1.6), ("word_cnn_mix", 1.25))
+#: (profile, RPCL/base step-time ceiling): the reference model's ECF profiles, a model whose
+#: upstream (a word CNN) costs as much as the rest, where the second pass must skip it, and the
+#: trained-encoder regime, whose upstream (two trained MiniLM layers) dominates the step.
+TARGETS = (("ecf_mix", 1.6), ("ecf_max", 1.6), ("word_cnn_mix", 1.25), ("minilm_mix", 1.15))
 
 
 def evaluate_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -464,6 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--profiles", nargs="+", default=list(PROFILE_UPSTREAM), choices=list(PROFILE_UPSTREAM),
+        help="profiles to run (default: all)",
+    )  # fmt: skip
+    p.add_argument(
+        "--encoder-model", default="minilm",
+        help="model folder of the minilm_mix profile's transformer (default: the packaged "
+        "all-MiniLM-L6-v2)",
+    )  # fmt: skip
     return p
 
 
@@ -484,9 +572,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     use_real = not args.standin
     _, _, model_name = build_model(cfg.seed, use_real)
-    profs = profiles(args.quick, cfg.seed)
+    profs = {k: v for k, v in profiles(args.quick, cfg.seed).items() if k in args.profiles}
     if not (use_real and HAVE_REAL_MODEL):
         profs = {k: v for k, v in profs.items() if PROFILE_UPSTREAM[k] == "mecpe"}
+    if dtype != torch.float32:  # the transformer profile times float32 (its cache: float16)
+        profs = {k: v for k, v in profs.items() if PROFILE_UPSTREAM[k] != "transformer"}
     settings = {
         "mode": "quick" if args.quick else "full",
         "model": model_name,
@@ -498,6 +588,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "consistency_weight=1.0, where='output', p=0.3, mode='zero', reuse_output=True "
         "(rpcl_output: without model=; rpcl_rerun: reuse_output=False)",
         "profile_upstream": {k: PROFILE_UPSTREAM[k] for k in profs},
+        "encoder_model": args.encoder_model if "minilm_mix" in profs else None,
     }
     payload = header("step", device, cfg.threads, settings)
     t0 = time.perf_counter()
@@ -505,8 +596,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for name, lengths in profs.items():
             new = bench_profile(
-                name, lengths, device, dtype, cfg, args.arms, use_real, PROFILE_UPSTREAM[name]
-            )
+                name, lengths, device, dtype, cfg, args.arms, use_real, PROFILE_UPSTREAM[name],
+                args.encoder_model,
+            )  # fmt: skip
             rows += new
             for r in new:
                 print(

@@ -67,6 +67,7 @@ __all__ = [
     "folder_fingerprint",
     "frozen_states",
     "resolve_folder",
+    "special_ids",
     "tokenize",
 ]
 
@@ -137,6 +138,7 @@ class EncoderInfo:
         n_layers: its transformer layers ``L``.
         hidden: its hidden size ``H``.
         max_positions: the longest sequence it takes (position embeddings, tokenizer limit).
+        vocab_size: its number of token ids.
     """
 
     folder: Path
@@ -144,6 +146,7 @@ class EncoderInfo:
     n_layers: int
     hidden: int
     max_positions: int
+    vocab_size: int = 0
 
 
 @functools.lru_cache(maxsize=4)
@@ -166,7 +169,14 @@ def describe(name: str) -> EncoderInfo:
     n_layers = getattr(config, "num_hidden_layers", None)
     if not isinstance(n_layers, int):
         raise ValueError(f"{folder}: the model config names no num_hidden_layers")
-    return EncoderInfo(folder, folder_fingerprint(folder), n_layers, int(config.hidden_size), limit)
+    return EncoderInfo(
+        folder,
+        folder_fingerprint(folder),
+        n_layers,
+        int(config.hidden_size),
+        limit,
+        int(getattr(config, "vocab_size", 0)),
+    )
 
 
 def max_tokens_of(layout: str, max_tokens: int | None, info: EncoderInfo) -> int:
@@ -185,14 +195,21 @@ def max_tokens_of(layout: str, max_tokens: int | None, info: EncoderInfo) -> int
     return max_tokens
 
 
+def special_ids(info: EncoderInfo) -> tuple[int, int]:
+    """The ``[CLS]`` and ``[SEP]`` token ids of the folder's tokenizer."""
+    tok = _tokenizer(info.folder)
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    if cls is None or sep is None:
+        raise ValueError(f"{info.folder}: the tokenizer has no CLS / SEP token")
+    return int(cls), int(sep)
+
+
 def tokenize(
     conversations: Sequence[Sequence[str]], info: EncoderInfo, *, layout: str, max_tokens: int
 ) -> list[Segments]:
     """The :class:`~examples.mecpe.segments.Segments` of each conversation (its utterance texts)."""
     tok = _tokenizer(info.folder)
-    cls, sep = tok.cls_token_id, tok.sep_token_id
-    if cls is None or sep is None:
-        raise ValueError(f"{info.folder}: the tokenizer has no CLS / SEP token")
+    cls, sep = special_ids(info)
     texts = [t for conv in conversations for t in conv]
     pieces = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
     pack = pack_utterances if layout == "utterance" else pack_conversation

@@ -18,6 +18,7 @@ from benchmarks import bench_step as bs
 from benchmarks import loop_reference as lr
 from benchmarks import probe_margin_k1 as pm
 from benchmarks._common import header
+from tests.examples.helpers import make_tiny_bert
 
 TINY = bl.Config(min_run_time=0.001, rounds=1, loop_min_run_time=0.001, loop_max_rows=8)
 
@@ -129,6 +130,45 @@ def test_bench_step_rows(use_real: bool, upstream: str) -> None:
     payload["targets"] = bs.evaluate_targets(rows)
     payload["rows"] = rows
     assert "| profile |" in bs.to_markdown(payload)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random BERT folder: the smoke tests never load the real MiniLM weights."""
+    return make_tiny_bert(tmp_path_factory.mktemp("bert"), layers=3)
+
+
+def test_bench_step_transformer_profile_rows(tiny_bert) -> None:
+    if not bs.HAVE_REAL_MODEL:
+        pytest.skip("examples.mecpe.model not importable")
+    cfg = bs.Config(min_run_time=0.001, rounds=1, memory=True)
+    rows = bs.bench_profile(
+        "tiny", [[3, 5, 2]], torch.device("cpu"), torch.float32, cfg, upstream="transformer",
+        encoder_model=str(tiny_bert),
+    )  # fmt: skip
+    assert [r["op"] for r in rows] == list(bs.ARMS)
+    for r in rows:
+        _check_row(r, bs.ROW_KEYS)
+        assert r["median_s"] > 0 and r["ratio_vs_base"] > 0 and r["mem_vs_base"] > 0
+    model, _, name = bs.build_model(0, upstream="transformer", encoder_model=str(tiny_bert))
+    assert "top 2 of 3 layers trained" in name
+    assert len(model.utterance.transformer.layers) == bs.TRAINED_LAYERS
+
+
+def test_bench_step_quick_cli_on_the_tiny_model(tiny_bert, tmp_path) -> None:
+    payload = bs.main(
+        ["--quick", "--profiles", "minilm_mix", "--encoder-model", str(tiny_bert), "--arms",
+         "base", "rpcl", "rpcl_output", "--min-run-time", "0.001", "--rounds", "1",
+         "--no-memory", "--out", str(tmp_path)]
+    )  # fmt: skip
+    data = json.loads((tmp_path / "step.json").read_text())
+    assert {r["profile"] for r in data["rows"]} == {"minilm_mix"} == {
+        r["profile"] for r in payload["rows"]
+    }
+    assert data["settings"]["encoder_model"] == str(tiny_bert)
+    (target,) = [t for t in data["targets"] if "minilm_mix" in t["target"]]
+    assert target["threshold"] == 1.15 and target["value"] > 0
+    assert "minilm_mix" in (tmp_path / "step.md").read_text()
 
 
 # ----------------------------------------------------------------------------- loop baseline
