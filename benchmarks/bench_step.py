@@ -530,7 +530,11 @@ def evaluate_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer batches and shorter timing, < 60 s")
+    p.add_argument(
+        "--quick", action="store_true",
+        help="fewer batches and shorter timing: < 60 s without minilm_mix, whose steps take "
+        "seconds each on a CPU (--profiles ecf_mix ecf_max word_cnn_mix)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
