@@ -3,24 +3,14 @@
 # all-MiniLM-L6-v2 transformer trained end to end (instead of frozen sentence embeddings) —
 # then copy the summary and plots to examples/mecpe/results/ecf_encoder/.
 # Usage: bash examples/mecpe/run_ecf_encoder.sh [ECF_DATA_DIR] [OUT]   (default OUT: runs/ecf_encoder)
-# Same setup as run_ecf.sh (data resolution, venv, CPU code path). The encoder settings below
+# Same setup as run_ecf.sh (examples/mecpe/setup.sh: data resolution, venv, CPU code path). The encoder settings below
 # are PLACEHOLDERS until the dev search (examples/mecpe/search_encoder.txt) has chosen them.
 # Data-parallel instead (e.g. on GPUs): torchrun --nproc-per-node N -m examples.mecpe.train
 # with the same options, one run at a time (a study runs its runs in one process).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-data=$(python3 -m examples.mecpe.download ecf --resolve ${1:+--data-dir "$1"}) || exit 2
+. examples/mecpe/setup.sh
 out=${2:-runs/ecf_encoder}
-if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-. .venv/bin/activate
-# CPU torch first (a bare `pip install torch` would pull a multi-GB CUDA build).
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[examples]"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-if grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
-    export ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-avx2} MKL_CBWR=${MKL_CBWR:-AVX2} \
-        ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-AVX2}
-fi
 # PLACEHOLDERS (fix after the dev search): --train-layers, --encoder-lr, --epochs.
 # fp32: bf16 autocast was ~10x slower on this project's CPUs (no native bf16).
 python -m examples.mecpe.study --dataset ecf --data-dir "$data" --out "$out" \

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .segments import Segments
 from .text import cache_path
 from .transformer import EncoderInfo, frozen_states
@@ -81,19 +81,8 @@ def _read(path: Path, expected: dict[str, object], lengths: np.ndarray) -> np.nd
 def _write(
     path: Path, expected: dict[str, object], lengths: np.ndarray, states: np.ndarray
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            arrays: dict[str, Any] = {k: np.array(v) for k, v in expected.items()}
-            np.savez(handle, lengths=lengths, states=states, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    arrays: dict[str, Any] = {k: np.array(v) for k, v in expected.items()}
+    atomic_write(path, lambda handle: np.savez(handle, lengths=lengths, states=states, **arrays))
     logger.info("state cache %s: written (%d tokens)", path, states.shape[0])
 
 

@@ -18,13 +18,13 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .atomic import atomic_write
 from .data import Conversation
 
 __all__ = ["Encoder", "cache_path", "encode_conversations", "texts_fingerprint"]
@@ -154,26 +154,18 @@ def _read_cache(path: Path, fingerprint: str, lengths: np.ndarray) -> np.ndarray
 def _write_cache(
     path: Path, vectors: np.ndarray, lengths: np.ndarray, fingerprint: str, name: str
 ) -> None:
-    """Write the cache atomically (temporary file in the same directory + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(
-                handle,
-                version=np.array(_CACHE_VERSION),
-                fingerprint=np.array(fingerprint),
-                encoder=np.array(name),
-                lengths=lengths,
-                vectors=vectors,
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the cache atomically (:func:`examples.mecpe.atomic.atomic_write`)."""
+    atomic_write(
+        path,
+        lambda handle: np.savez(
+            handle,
+            version=np.array(_CACHE_VERSION),
+            fingerprint=np.array(fingerprint),
+            encoder=np.array(name),
+            lengths=lengths,
+            vectors=vectors,
+        ),
+    )
     logger.info("embedding cache %s: written (%d vectors)", path, vectors.shape[0])
 
 
