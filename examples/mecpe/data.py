@@ -884,3 +884,25 @@ def summarize(conversations: Iterable[Conversation]) -> dict[str, int]:
         stats["emotion_utterances"] += len(causes_per_row)
         stats["multi_cause_rows"] += sum(n >= 2 for n in causes_per_row.values())
     return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m examples.mecpe.data download ecf|mecad|mec4 [--to DIR] ...``: the same command
+    as ``python -m examples.mecpe.download`` (:func:`examples.mecpe.download.main`)."""
+    import sys
+
+    from .download import main as download_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "download":
+        print(
+            "usage: python -m examples.mecpe.data download {ecf,mecad,mec4} [options] "
+            "(see python -m examples.mecpe.download --help)",
+            file=sys.stderr,
+        )
+        return 2
+    return download_main(args[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from examples.mecpe import download, sources, transfer
+from examples.mecpe.data import main as data_main
 from examples.mecpe.datasets import load_split
 from examples.mecpe.download import (
     DataDirError,
@@ -633,6 +634,22 @@ def test_cli_download_reports_manual_files(
     assert captured.out == f"{tmp_path / 'e'}\n"
     assert "verified in" in captured.err and "video_embedding_4096.npy" in captured.err
     assert str(tmp_path / "e" / "audio_embedding_6373.npy") in captured.err
+
+
+def test_data_download_is_the_same_command(
+    server: tuple[str, ServerState],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base, state = server
+    monkeypatch.setitem(sources.SOURCES, "ecf", tiny_ecf(state, tmp_path))
+    to = tmp_path / "e"
+    assert data_main(["download", "ecf", "--to", str(to), "--base-url", base]) == 0
+    assert capsys.readouterr().out == f"{to}\n"
+    assert [len(load_split("ecf", to, s)) for s in ("train", "dev", "test")] == [1, 1, 1]
+    assert data_main(["ecf"]) == 2  # no subcommand: usage on stderr
+    assert "download" in capsys.readouterr().err
 
 
 def test_cli_offline_one_error_line(
