@@ -11,12 +11,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . examples/mecpe/setup.sh
 out=${2:-runs/ecf_encoder}
-# PLACEHOLDERS (fix after the dev search): --train-layers, --encoder-lr, --epochs.
+# Settings: search_encoder.txt's line top2-lr5e-5-e10 (see "WHAT RAN HERE" there: the six-epoch
+# line top2-lr5e-5-e6 ended under-trained on dev, so ten epochs, chosen before any ten-epoch
+# number). SEEDS=42 runs the first seed pair only; a later call with the default seeds resumes
+# the same study (complete runs are skipped).
 # fp32: bf16 autocast was ~10x slower on this project's CPUs (no native bf16).
 python -m examples.mecpe.study --dataset ecf --data-dir "$data" --out "$out" \
-    --arms base,rpcl --seeds 42,123,456 --modalities T --threads "${THREADS:-2}" \
+    --arms base,rpcl --seeds "${SEEDS:-42,123,456}" --modalities T --threads "${THREADS:-2}" \
     --text-encoder transformer --encoder-model minilm --train-layers 2 --encoder-lr 5e-5 \
-    --epochs 6 --lr-schedule linear --warmup-ratio 0.1 --precision fp32
+    --epochs 10 --lr-schedule linear --warmup-ratio 0.1 --precision fp32
 mkdir -p examples/mecpe/results/ecf_encoder
 cp "$out"/summary.json "$out"/summary.md "$out"/*.png examples/mecpe/results/ecf_encoder/
 echo "summary: examples/mecpe/results/ecf_encoder/summary.md"

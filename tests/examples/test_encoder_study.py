@@ -41,7 +41,8 @@ def test_study_script_options_parse() -> None:
     command = re.search(r"python -m examples\.mecpe\.study (.*?)\n(?!\s)", script, re.S)
     assert command is not None
     argv = shlex.split(command.group(1).replace("\\\n", " ").replace('"$data"', "d").replace(
-        '"$out"', "o").replace('"${THREADS:-2}"', "2"))  # fmt: skip
+        '"$out"', "o").replace('"${THREADS:-2}"', "2").replace(
+        '"${SEEDS:-42,123,456}"', "42,123,456"))  # fmt: skip
     plan = _plan(*argv)
     assert {c.arm for c in plan} == {"base", "rpcl"} and len(plan) == 6
     assert all(c.text_encoder == "transformer" and c.encoder_model == "minilm" for c in plan)
