@@ -3,8 +3,9 @@
 # all-MiniLM-L6-v2 transformer trained end to end (instead of frozen sentence embeddings) —
 # then copy the summary and plots to examples/mecpe/results/ecf_encoder/.
 # Usage: bash examples/mecpe/run_ecf_encoder.sh [ECF_DATA_DIR] [OUT]   (default OUT: runs/ecf_encoder)
-# Same setup as run_ecf.sh (examples/mecpe/setup.sh: data resolution, venv, CPU code path). The encoder settings below
-# are PLACEHOLDERS until the dev search (examples/mecpe/search_encoder.txt) has chosen them.
+# Usage with SEEDS=42: the first seed pair only. Same setup as run_ecf.sh (examples/mecpe/setup.sh:
+# data resolution, venv, CPU code path). The settings below come from the dev search
+# (examples/mecpe/search_encoder.txt).
 # Data-parallel instead (e.g. on GPUs): torchrun --nproc-per-node N -m examples.mecpe.train
 # with the same options, one run at a time (a study runs its runs in one process).
 set -euo pipefail
