@@ -216,6 +216,8 @@ def test_ranking_search_settings_are_runnable_and_state_their_rule_first(tmp_pat
         if cfg.arm == "rpcl":
             rpcl = RPCLoss(**cfg.rpcl_args)
             rankings.add(type(rpcl.ranking).__name__)
-            if cfg.name != "rpcl-defaults":  # each candidate alone: no consistency term
+            if cfg.name.endswith("+cons"):  # stage 2: the winner with RPCL's consistency term
+                assert rpcl.consistency_weight > 0
+            elif cfg.name != "rpcl-defaults":  # stage 1: each candidate alone, no consistency
                 assert rpcl.consistency_weight == 0
     assert rankings == {"PairMarginLoss", "PairAPLoss", "PairAUCLoss", "PairListwiseLoss", "PairRelativeMarginLoss"}
