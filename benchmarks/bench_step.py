@@ -373,6 +373,18 @@ def make_step(
             reuse_output=arm != "rpcl_rerun",
             scores_fn=lambda out: out.pair_logits,
         )
+    return training_step(model, base_loss, batches, opt, rpcl)
+
+
+def training_step(
+    model: nn.Module,
+    base_loss: Callable[..., Any],
+    batches: Sequence[Any],
+    opt: torch.optim.Optimizer,
+    rpcl: Any | None,
+) -> Callable[[], None]:
+    """One optimizer step per call over the next of ``batches`` (cycled): the base loss, plus
+    ``rpcl``'s terms unless it is ``None`` (any revision's ``RPCLoss``)."""
     stream = itertools.cycle(batches)
 
     def step() -> None:

@@ -98,20 +98,7 @@ def step_fn(lib: ModuleType | None, upstream: bool = False) -> Callable[[], None
     if lib is not None:
         extra = {"model": model} if upstream else {}
         rpcl = lib.RPCLoss(model.context, scores_fn=lambda out: out.pair_logits, **extra)
-    position = [0]
-
-    def step() -> None:
-        batch = batches[position[0] % len(batches)]
-        position[0] += 1
-        opt.zero_grad(set_to_none=True)
-        out = model(batch)
-        loss, _ = base_loss(out, batch)
-        if rpcl is not None:
-            loss = loss + rpcl(out.pair_logits, batch.gold, batch.valid, rerun=lambda: model(batch))
-        loss.backward()
-        opt.step()
-
-    return step
+    return bench_step.training_step(model, base_loss, batches, opt, rpcl)
 
 
 def compare(fns: dict[str, Callable[[], object]], min_run_time: float, threads: int, rounds: int) -> dict[str, Any]:
