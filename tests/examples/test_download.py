@@ -621,7 +621,13 @@ def test_cli_resolve_prints_only_the_folder(
     assert [len(load_split("ecf", folder, s)) for s in ("train", "dev", "test")] == [1, 1, 1]
 
 
+# `python -m examples.mecpe.data download ...` is the same command
+_ENTRY_POINTS = {"download": main, "data download": lambda a: data_main(["download", *a])}
+
+
+@pytest.mark.parametrize("entry", sorted(_ENTRY_POINTS))
 def test_cli_download_reports_manual_files(
+    entry: str,
     server: tuple[str, ServerState],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -629,26 +635,18 @@ def test_cli_download_reports_manual_files(
 ) -> None:
     base, state = server
     monkeypatch.setitem(sources.SOURCES, "ecf", tiny_ecf(state, tmp_path))
-    assert main(["ecf", "--to", str(tmp_path / "e"), "--base-url", base]) == 0
+    assert _ENTRY_POINTS[entry](["ecf", "--to", str(tmp_path / "e"), "--base-url", base]) == 0
     captured = capsys.readouterr()
     assert captured.out == f"{tmp_path / 'e'}\n"
     assert "verified in" in captured.err and "video_embedding_4096.npy" in captured.err
     assert str(tmp_path / "e" / "audio_embedding_6373.npy") in captured.err
+    assert [len(load_split("ecf", tmp_path / "e", s)) for s in ("train", "dev", "test")] == [1, 1, 1]
 
 
-def test_data_download_is_the_same_command(
-    server: tuple[str, ServerState],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def test_data_without_the_download_subcommand_prints_usage(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    base, state = server
-    monkeypatch.setitem(sources.SOURCES, "ecf", tiny_ecf(state, tmp_path))
-    to = tmp_path / "e"
-    assert data_main(["download", "ecf", "--to", str(to), "--base-url", base]) == 0
-    assert capsys.readouterr().out == f"{to}\n"
-    assert [len(load_split("ecf", to, s)) for s in ("train", "dev", "test")] == [1, 1, 1]
-    assert data_main(["ecf"]) == 2  # no subcommand: usage on stderr
+    assert data_main(["ecf"]) == 2
     assert "download" in capsys.readouterr().err
 
 
