@@ -9,6 +9,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from examples.mecpe import study as mecpe_study
 from examples.mecpe.config import data_key
 
@@ -36,16 +38,25 @@ def test_search_grid_plans_every_setting_of_the_brief() -> None:
     assert sum(a != b for a, b in itertools.pairwise(keys)) == 1
 
 
-def test_study_script_options_parse() -> None:
+@pytest.mark.parametrize(
+    ("arms", "expected"),
+    [
+        ("--arms base,rpcl", {"base", "rpcl"}),  # the default study
+        (f"--settings {ROOT}/examples/mecpe/study_ranking.txt", {"base", "ap-batch-w1"}),
+    ],
+)
+def test_study_script_options_parse(arms: str, expected: set[str]) -> None:
     script = (ROOT / "examples/mecpe/run_ecf_encoder.sh").read_text()
     command = re.search(r"python -m examples\.mecpe\.study (.*?)\n(?!\s)", script, re.S)
     assert command is not None
+    assert '"${arms[@]}"' in command.group(1)
     argv = shlex.split(command.group(1).replace("\\\n", " ").replace('"$data"', "d").replace(
         '"$out"', "o").replace('"${THREADS:-2}"', "2").replace(
-        '"${SEEDS:-42,123,456}"', "42,123,456"))  # fmt: skip
+        '"${SEEDS:-42,123,456}"', "42,123,456").replace('"${arms[@]}"', arms))  # fmt: skip
     plan = _plan(*argv)
-    assert {c.arm for c in plan} == {"base", "rpcl"} and len(plan) == 6
+    assert {c.name or c.arm for c in plan} == expected and len(plan) == 6
     assert all(c.text_encoder == "transformer" and c.encoder_model == "minilm" for c in plan)
+    assert {c.epochs for c in plan} == {10} and {c.train_layers for c in plan} == {2}
 
 
 def test_settings_file_dev_only_study_with_the_encoder(

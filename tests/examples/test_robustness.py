@@ -36,7 +36,7 @@ from examples.mecpe.robustness import (
     view_metrics,
 )
 
-from .helpers import error_lines, train, write_mecad
+from .helpers import encoder_args, error_lines, train, write_mecad
 from .test_evaluate_cli import strict_json
 from .test_perturb import make_split
 
@@ -349,6 +349,26 @@ def test_a_dev_split_study_and_a_dev_only_run(
         ("insert", 0.0), ("insert", 0.5), ("speaker", 0.0), ("speaker", 0.5)
     ]
     assert run["checks"]["clean_matches_run"] and run["checks"]["rate0_identical"]
+
+
+def test_a_trained_encoder_run_is_evaluated_through_its_own_transformer(
+    tiny: Path, tiny_bert: Path, tmp_path: Path
+) -> None:
+    # The trained-encoder regime: every perturbed split is tokenized and run through the run's
+    # own fine-tuned transformer (its cached frozen lower layer keyed by the perturbed texts), so
+    # the clean view must still reproduce the run's own test numbers and rate 0 the clean view.
+    train(tiny, tmp_path / "s" / "rpcl-seed1", "--epochs", "1", "--arm", "rpcl",
+          *encoder_args(tiny_bert, tmp_path / "cache"))  # fmt: skip
+    argv = ["--study", str(tmp_path / "s"), "--families", "insert,delete", "--rates", "0,0.5",
+            "--device", "cpu", "--quiet", "--no-plots", "--baseline", "rpcl"]  # fmt: skip
+    assert robustness.main(argv) == 0
+    report = strict_json((tmp_path / "s" / "robustness-test" / "robustness.json").read_text())
+    (run,) = report["runs"]
+    assert run["checks"] == {"clean_matches_run": True, "rate0_identical": True}
+    moved = [v["metrics"] for v in run["views"] if v["rate"] == 0.5]
+    assert len(moved) == 2 and all(m["max_logit_change"] > 0 for m in moved)
+    cached = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert any("insert-r0.5-s7" in name for name in cached), cached
 
 
 def test_a_cross_validation_study_evaluates_each_runs_own_test_fold(tmp_path: Path) -> None:

@@ -221,3 +221,27 @@ def test_ranking_search_settings_are_runnable_and_state_their_rule_first(tmp_pat
             elif cfg.name != "rpcl-defaults":  # stage 1: each candidate alone, no consistency
                 assert rpcl.consistency_weight == 0
     assert rankings == {"PairMarginLoss", "PairAPLoss", "PairAUCLoss", "PairListwiseLoss", "PairRelativeMarginLoss"}
+
+
+@pytest.mark.parametrize("name", ["study_views.txt", "study_ranking.txt"])
+def test_test_study_settings_reuse_the_arms_study_runs(name: str, tmp_path: Path) -> None:
+    """A test study's ``base`` (and ``rpcl``) lines train exactly what ``--arms base,rpcl`` does
+    into the same run folders, so a folder holding that study's runs trains only the new lines
+    (a finished run with other settings would be refused, not reused)."""
+    from examples.mecpe.config import resumable_fields
+
+    def plan(*arms: str) -> dict[str, Any]:
+        args = mecpe_study.build_parser().parse_args(
+            [*arms, "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--seeds", "42"]
+        )
+        study = mecpe_study.StudyConfig(**values_from(args, mecpe_study.StudyConfig))
+        return {c.out: c for c in mecpe_study._plan(study, mecpe_study._arms(study), args)}
+
+    settings = plan("--settings", str(SEARCH.with_name(name)))
+    arms = plan("--arms", "base,rpcl")
+    shared = set(settings) & set(arms)
+    assert {Path(out).name for out in shared} >= {"base-seed42"}
+    for out in shared:
+        diff = settings[out].diff(arms[out].to_dict(), resumable_fields(finished=True))
+        assert not diff, (out, diff)
+    assert len(settings) > len(shared)  # at least one new line
