@@ -276,6 +276,83 @@ def _derangement(k: int, rng: random.Random) -> list[int]:
             return perm
 
 
+#: What a family's draw returns: the new utterance list, the affected and the eligible counts.
+_Drawn = tuple[list[_Utt], int, int]
+
+
+def _insert(
+    conv: Conversation,
+    originals: list[_Utt],
+    rate: float,
+    rng: random.Random,
+    pool: DistractorPool,
+) -> _Drawn:
+    """Distractors from ``pool`` inserted at random gaps (every original may spawn one)."""
+    n = len(originals)
+    # Per original utterance, in order: (uniform, gap, source): independent of rate.
+    available = pool.available(conv.conv_id)
+    draws = [(rng.random(), rng.randrange(n + 1), rng.randrange(available)) for _ in range(n)]
+    spawned = [(gap, src) for u, gap, src in draws if u < rate]
+    utts: list[_Utt] = []
+    for gap in range(n + 1):
+        utts.extend(_foreign(*pool.utterance(conv.conv_id, src)) for g, src in spawned if g == gap)
+        if gap < n:
+            utts.append(originals[gap])
+    return utts, len(spawned), n
+
+
+def _replace(
+    conv: Conversation,
+    originals: list[_Utt],
+    non_gold: list[int],
+    rate: float,
+    rng: random.Random,
+    pool: DistractorPool,
+) -> _Drawn:
+    """Non-gold utterances replaced by utterances of ``pool``."""
+    available = pool.available(conv.conv_id)
+    draws = [(rng.random(), rng.randrange(available)) for _ in originals]
+    utts = list(originals)
+    affected = 0
+    for i in non_gold:
+        u, src = draws[i]
+        if u < rate:
+            utts[i] = _foreign(*pool.utterance(conv.conv_id, src))
+            affected += 1
+    return utts, affected, len(non_gold)
+
+
+def _delete(
+    originals: list[_Utt], non_gold: list[int], rate: float, rng: random.Random
+) -> _Drawn:
+    """Non-gold utterances removed (never all of a conversation)."""
+    n = len(originals)
+    uniforms = [rng.random() for _ in range(n)]
+    drop = {i for i in non_gold if uniforms[i] < rate}
+    if len(drop) == n:  # never empty a conversation: keep the last one to go
+        drop.discard(max(range(n), key=lambda i: uniforms[i]))
+    return [u for i, u in enumerate(originals) if i not in drop], len(drop), len(non_gold)
+
+
+def _shuffle_speakers(
+    conv: Conversation,
+    originals: list[_Utt],
+    non_gold: list[int],
+    rate: float,
+    rng: random.Random,
+) -> _Drawn:
+    """The speaker labels of the chosen non-gold utterances deranged among them."""
+    uniforms = [rng.random() for _ in originals]
+    chosen = [i for i in non_gold if uniforms[i] < rate]
+    utts = list(originals)
+    if len(chosen) < 2:
+        return utts, 0, len(non_gold)
+    perm = _derangement(len(chosen), rng)
+    for i, p in zip(chosen, perm, strict=True):
+        utts[i] = replace(originals[i], speaker=conv.speakers[chosen[p]])
+    return utts, len(chosen), len(non_gold)
+
+
 def perturb_conversation(
     conv: Conversation,
     family: str | Family,
@@ -315,12 +392,10 @@ def perturb_conversation(
     _check_rate(rate)
     _check_seed(seed)
     distractors = _as_pool(pool)
-    available = 0
     if fam.uses_pool:
         if distractors is None:
             raise ValueError(f"family {fam.value!r} draws utterances from a pool: pass pool=...")
-        available = distractors.available(conv.conv_id)
-        if available == 0:
+        if distractors.available(conv.conv_id) == 0:
             raise ValueError(
                 f"pool has no conversation other than {conv.conv_id!r} to draw utterances from"
             )
@@ -329,50 +404,16 @@ def perturb_conversation(
     gold = gold_utterance_indices(conv)
     non_gold = [i for i in range(n) if i + 1 not in gold]
     originals = [_own(conv, i) for i in range(n)]
-
     if fam is Family.INSERT:
-        # Per original utterance, in order: (uniform, gap, source): independent of rate.
-        draws = [(rng.random(), rng.randrange(n + 1), rng.randrange(available)) for _ in range(n)]
-        spawned = [(gap, src) for u, gap, src in draws if u < rate]
-        utts: list[_Utt] = []
-        for gap in range(n + 1):
-            for g, src in spawned:
-                if g == gap:
-                    assert distractors is not None
-                    utts.append(_foreign(*distractors.utterance(conv.conv_id, src)))
-            if gap < n:
-                utts.append(originals[gap])
-        affected, eligible = len(spawned), n
+        assert distractors is not None  # checked above for the pool families
+        utts, affected, eligible = _insert(conv, originals, rate, rng, distractors)
     elif fam is Family.REPLACE:
-        draws2 = [(rng.random(), rng.randrange(available)) for _ in range(n)]
-        utts = list(originals)
-        affected = 0
-        for i in non_gold:
-            u, src = draws2[i]
-            if u < rate:
-                assert distractors is not None
-                utts[i] = _foreign(*distractors.utterance(conv.conv_id, src))
-                affected += 1
-        eligible = len(non_gold)
+        assert distractors is not None
+        utts, affected, eligible = _replace(conv, originals, non_gold, rate, rng, distractors)
     elif fam is Family.DELETE:
-        uniforms = [rng.random() for _ in range(n)]
-        drop = {i for i in non_gold if uniforms[i] < rate}
-        if len(drop) == n:  # never empty a conversation: keep the last one to go
-            drop.discard(max(range(n), key=lambda i: uniforms[i]))
-        utts = [u for i, u in enumerate(originals) if i not in drop]
-        affected, eligible = len(drop), len(non_gold)
-    else:  # SPEAKER
-        uniforms = [rng.random() for _ in range(n)]
-        chosen = [i for i in non_gold if uniforms[i] < rate]
-        utts = list(originals)
-        affected = 0
-        if len(chosen) >= 2:
-            perm = _derangement(len(chosen), rng)
-            for i, p in zip(chosen, perm, strict=True):
-                utts[i] = replace(originals[i], speaker=conv.speakers[chosen[p]])
-            affected = len(chosen)
-        eligible = len(non_gold)
-
+        utts, affected, eligible = _delete(originals, non_gold, rate, rng)
+    else:
+        utts, affected, eligible = _shuffle_speakers(conv, originals, non_gold, rate, rng)
     if affected == 0:
         return Perturbation(conv, tuple(range(1, n + 1)), 0, eligible)
     new_conv, origin = _rebuild(conv, utts)
