@@ -504,6 +504,46 @@ def _check_square(name: str, t: object, dtype: str) -> Tensor:
     return t
 
 
+def _checked_batch(
+    perturbed: Tensor, origin: Tensor, clean_valid: Tensor, perturbed_valid: Tensor, *, single: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`align_to_clean`'s inputs checked (types, shapes, devices), with the batch
+    dimension added for one conversation (``single``)."""
+    if single:  # one conversation: add the batch dimension (and drop it from the result)
+        perturbed = perturbed.unsqueeze(0)
+        origin = origin.unsqueeze(0) if isinstance(origin, Tensor) else origin
+        if isinstance(clean_valid, Tensor):
+            clean_valid = clean_valid.unsqueeze(0)
+        if isinstance(perturbed_valid, Tensor):
+            perturbed_valid = perturbed_valid.unsqueeze(0)
+    _check_square("perturbed", perturbed, "float")
+    _check_square("perturbed_valid", perturbed_valid, "bool")
+    _check_square("clean_valid", clean_valid, "bool")
+    if not isinstance(origin, Tensor) or origin.dtype != torch.long:
+        got = origin.dtype if isinstance(origin, Tensor) else type(origin).__name__
+        raise TypeError(f"origin must be an int64 tensor (see origin_index), got {got}")
+    b, n_new = perturbed.shape[:2]
+    if perturbed_valid.shape != perturbed.shape:
+        raise ValueError(
+            f"perturbed_valid must have the shape of perturbed {tuple(perturbed.shape)}, "
+            f"got {tuple(perturbed_valid.shape)}"
+        )
+    if origin.shape != (b, n_new):
+        raise ValueError(
+            f"origin must have shape (B, N') = {(b, n_new)}, got {tuple(origin.shape)}"
+        )
+    if clean_valid.shape[0] != b:
+        raise ValueError(f"clean_valid has {clean_valid.shape[0]} conversations, perturbed {b}")
+    for name, t in (
+        ("origin", origin),
+        ("clean_valid", clean_valid),
+        ("perturbed_valid", perturbed_valid),
+    ):
+        if t.device != perturbed.device:
+            raise ValueError(f"{name} is on {t.device} but perturbed is on {perturbed.device}")
+    return perturbed, origin, clean_valid, perturbed_valid
+
+
 def align_to_clean(
     perturbed: Tensor, origin: Tensor, clean_valid: Tensor, perturbed_valid: Tensor
 ) -> Aligned:
@@ -542,39 +582,11 @@ def align_to_clean(
                 [False,  True]]))
     """
     single = isinstance(perturbed, Tensor) and perturbed.dim() == 2
-    if single:  # one conversation: add the batch dimension (and drop it from the result)
-        perturbed = perturbed.unsqueeze(0)
-        origin = origin.unsqueeze(0) if isinstance(origin, Tensor) else origin
-        if isinstance(clean_valid, Tensor):
-            clean_valid = clean_valid.unsqueeze(0)
-        if isinstance(perturbed_valid, Tensor):
-            perturbed_valid = perturbed_valid.unsqueeze(0)
-    _check_square("perturbed", perturbed, "float")
-    _check_square("perturbed_valid", perturbed_valid, "bool")
-    _check_square("clean_valid", clean_valid, "bool")
-    if not isinstance(origin, Tensor) or origin.dtype != torch.long:
-        got = origin.dtype if isinstance(origin, Tensor) else type(origin).__name__
-        raise TypeError(f"origin must be an int64 tensor (see origin_index), got {got}")
+    perturbed, origin, clean_valid, perturbed_valid = _checked_batch(
+        perturbed, origin, clean_valid, perturbed_valid, single=single
+    )
     b, n_new = perturbed.shape[:2]
     n = clean_valid.shape[1]
-    if perturbed_valid.shape != perturbed.shape:
-        raise ValueError(
-            f"perturbed_valid must have the shape of perturbed {tuple(perturbed.shape)}, "
-            f"got {tuple(perturbed_valid.shape)}"
-        )
-    if origin.shape != (b, n_new):
-        raise ValueError(
-            f"origin must have shape (B, N') = {(b, n_new)}, got {tuple(origin.shape)}"
-        )
-    if clean_valid.shape[0] != b:
-        raise ValueError(f"clean_valid has {clean_valid.shape[0]} conversations, perturbed {b}")
-    for name, t in (
-        ("origin", origin),
-        ("clean_valid", clean_valid),
-        ("perturbed_valid", perturbed_valid),
-    ):
-        if t.device != perturbed.device:
-            raise ValueError(f"{name} is on {t.device} but perturbed is on {perturbed.device}")
 
     # Clean utterance u <- perturbed slot k: scatter k into column origin[k] (column n collects
     # the slots without an origin and is dropped).
