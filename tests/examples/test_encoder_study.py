@@ -78,3 +78,32 @@ def test_settings_file_dev_only_study_with_the_encoder(
     assert all("test" not in r for r in summary["runs"])
     runs = [json.loads((out / f"{a}-seed1" / "run.json").read_text()) for a in ("top1", "top1-lr")]
     assert [r["config"]["encoder_lr"] for r in runs] == [1e-4, 3e-4]
+
+
+def test_the_encoder_ranking_search_command_plans_its_lines() -> None:
+    """search_ranking_encoder.txt's documented command (its header) plans every line dev-only in
+    the trained-encoder regime of run_ecf_encoder.sh, with the frozen search's line for each
+    candidate, and the selection rule comes before the first setting."""
+    path = ROOT / "examples/mecpe/search_ranking_encoder.txt"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    header = "\n".join(lines[:first])
+    assert header.index("SELECTION RULE") < header.index("WHAT RAN")
+    start = next(i for i, line in enumerate(lines) if "python -m examples.mecpe.study" in line)
+    command = []
+    for line in lines[start:first]:
+        command.append(line.lstrip("# ").rstrip("\\ "))
+        if not line.rstrip().endswith("\\"):
+            break
+    argv = shlex.split(" ".join(command))[3:]  # drop "python -m examples.mecpe.study"
+    plan = _plan(*argv)
+    assert len(plan) == 2 * (len(lines) - first) and all(c.dev_only for c in plan)
+    assert {(c.text_encoder, c.train_layers, c.encoder_lr, c.epochs) for c in plan} == {
+        ("transformer", 2, 5e-5, 10)
+    }
+    frozen = dict(
+        (a.name, a.args) for a in mecpe_study._arms(mecpe_study.StudyConfig(
+            settings=str(ROOT / "examples/mecpe/search_ranking.txt"), out="o"))
+    )  # fmt: skip
+    for arm in mecpe_study._arms(mecpe_study.StudyConfig(settings=str(path), out="o")):
+        assert arm.args == frozen[arm.name], arm.name
