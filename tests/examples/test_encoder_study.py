@@ -107,3 +107,28 @@ def test_the_encoder_ranking_search_command_plans_its_lines() -> None:
     )  # fmt: skip
     for arm in mecpe_study._arms(mecpe_study.StudyConfig(settings=str(path), out="o")):
         assert arm.args == frozen[arm.name], arm.name
+
+
+def test_the_second_encoder_search_changes_one_setting_per_line() -> None:
+    """search_encoder2.txt's documented command plans each line dev-only in the study's regime,
+    and every line but ``ref`` differs from ``ref`` in exactly one setting."""
+    from examples.mecpe.config import resumable_fields
+
+    path = ROOT / "examples/mecpe/search_encoder2.txt"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if "python -m examples.mecpe.study" in line)
+    command = []
+    for line in lines[start:]:
+        command.append(line.lstrip("# ").rstrip("\\ "))
+        if not line.rstrip().endswith("\\"):
+            break
+    plan = {c.name: c for c in _plan(*shlex.split(" ".join(command))[3:]) if c.seed == 42}
+    assert list(plan)[0] == "ref" and len(plan) == 6 and all(c.dev_only for c in plan.values())
+    ref = plan.pop("ref")
+    assert (ref.text_encoder, ref.train_layers, ref.encoder_lr, ref.epochs) == (
+        "transformer", 2, 5e-5, 10,
+    )  # fmt: skip
+    ignore = resumable_fields(finished=True) | {"name"}
+    for name, cfg in plan.items():
+        changed = cfg.diff(ref.to_dict(), ignore)  # "key: ref's → this line's, ..."
+        assert changed and ", " not in changed, (name, changed)
