@@ -123,7 +123,7 @@ def test_the_second_encoder_search_changes_one_setting_per_line() -> None:
         if not line.rstrip().endswith("\\"):
             break
     plan = {c.name: c for c in _plan(*shlex.split(" ".join(command))[3:]) if c.seed == 42}
-    assert list(plan)[0] == "ref" and len(plan) == 6 and all(c.dev_only for c in plan.values())
+    assert next(iter(plan)) == "ref" and len(plan) == 6 and all(c.dev_only for c in plan.values())
     ref = plan.pop("ref")
     assert (ref.text_encoder, ref.train_layers, ref.encoder_lr, ref.epochs) == (
         "transformer", 2, 5e-5, 10,
