@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from examples.mecpe import study as mecpe_study
 from examples.mecpe import train as mecpe_train
+from examples.mecpe.config import TrainConfig
 from examples.mecpe.data import EMOTIONS, load_ecf
+from examples.mecpe.options import values_from
 
 _WORDS = "we you they go see home work coffee party phone dream day night the a it".split()
 _CUES = {
@@ -170,3 +174,24 @@ def strip_time(result: dict[str, Any]) -> dict[str, Any]:
 def error_lines(err: str) -> list[str]:
     """The non-empty lines a command wrote to stderr."""
     return [line for line in err.splitlines() if line.strip()]
+
+
+def study_plan(*argv: str) -> list[TrainConfig]:
+    """The run configs ``python -m examples.mecpe.study ARGV`` would train, in order (every
+    setting validated; nothing is read or trained)."""
+    args = mecpe_study.build_parser().parse_args(list(argv))
+    study = mecpe_study.StudyConfig(**values_from(args, mecpe_study.StudyConfig))
+    return mecpe_study._plan(study, mecpe_study._arms(study), args)
+
+
+def documented_study_command(path: Path) -> list[str]:
+    """The arguments of the first ``python -m examples.mecpe.study`` command in the ``#`` header
+    of the settings file ``path`` (its ``\\`` continuation lines joined)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if "python -m examples.mecpe.study" in line)
+    command = []
+    for line in lines[start:]:
+        command.append(line.lstrip("# ").rstrip("\\ "))
+        if not line.rstrip().endswith("\\"):
+            break
+    return shlex.split(" ".join(command))[3:]  # drop "python -m examples.mecpe.study"

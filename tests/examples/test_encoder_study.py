@@ -14,17 +14,13 @@ import pytest
 from examples.mecpe import study as mecpe_study
 from examples.mecpe.config import data_key
 
+from .helpers import documented_study_command, study_plan
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _plan(*argv: str) -> list:  # type: ignore[type-arg]
-    args = mecpe_study.build_parser().parse_args(list(argv))
-    study = mecpe_study.StudyConfig(**mecpe_study.values_from(args, mecpe_study.StudyConfig))
-    return mecpe_study._plan(study, mecpe_study._arms(study), args)
-
-
 def test_search_grid_plans_every_setting_of_the_brief() -> None:
-    plan = _plan("--settings", str(ROOT / "examples/mecpe/search_encoder.txt"), "--out", "o",
+    plan = study_plan("--settings", str(ROOT / "examples/mecpe/search_encoder.txt"), "--out", "o",
                  "--seeds", "42", "--dev-only")  # fmt: skip
     grid = {(c.encoder_lr, c.train_layers, c.epochs) for c in plan}
     assert grid == {(lr, k, e) for lr in (2e-5, 5e-5, 1e-4) for k in (2, 6) for e in (6, 10)}
@@ -53,7 +49,7 @@ def test_study_script_options_parse(arms: str, expected: set[str]) -> None:
     argv = shlex.split(command.group(1).replace("\\\n", " ").replace('"$data"', "d").replace(
         '"$out"', "o").replace('"${THREADS:-2}"', "2").replace(
         '"${SEEDS:-42,123,456}"', "42,123,456").replace('"${arms[@]}"', arms))  # fmt: skip
-    plan = _plan(*argv)
+    plan = study_plan(*argv)
     assert {c.name or c.arm for c in plan} == expected and len(plan) == 6
     assert all(c.text_encoder == "transformer" and c.encoder_model == "minilm" for c in plan)
     assert {c.epochs for c in plan} == {10} and {c.train_layers for c in plan} == {2}
@@ -89,14 +85,7 @@ def test_the_encoder_ranking_search_command_plans_its_lines() -> None:
     first = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
     header = "\n".join(lines[:first])
     assert header.index("SELECTION RULE") < header.index("WHAT RAN")
-    start = next(i for i, line in enumerate(lines) if "python -m examples.mecpe.study" in line)
-    command = []
-    for line in lines[start:first]:
-        command.append(line.lstrip("# ").rstrip("\\ "))
-        if not line.rstrip().endswith("\\"):
-            break
-    argv = shlex.split(" ".join(command))[3:]  # drop "python -m examples.mecpe.study"
-    plan = _plan(*argv)
+    plan = study_plan(*documented_study_command(path))
     assert len(plan) == 2 * (len(lines) - first) and all(c.dev_only for c in plan)
     assert {(c.text_encoder, c.train_layers, c.encoder_lr, c.epochs) for c in plan} == {
         ("transformer", 2, 5e-5, 10)
@@ -115,14 +104,7 @@ def test_the_second_encoder_search_changes_one_setting_per_line() -> None:
     from examples.mecpe.config import resumable_fields
 
     path = ROOT / "examples/mecpe/search_encoder2.txt"
-    lines = path.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if "python -m examples.mecpe.study" in line)
-    command = []
-    for line in lines[start:]:
-        command.append(line.lstrip("# ").rstrip("\\ "))
-        if not line.rstrip().endswith("\\"):
-            break
-    plan = {c.name: c for c in _plan(*shlex.split(" ".join(command))[3:]) if c.seed == 42}
+    plan = {c.name: c for c in study_plan(*documented_study_command(path)) if c.seed == 42}
     assert next(iter(plan)) == "ref" and len(plan) == 6 and all(c.dev_only for c in plan.values())
     ref = plan.pop("ref")
     assert (ref.text_encoder, ref.train_layers, ref.encoder_lr, ref.epochs) == (

@@ -12,7 +12,7 @@ from examples.mecpe import study as mecpe_study
 from examples.mecpe.featurize import DataBundle
 from examples.mecpe.options import values_from
 
-from .helpers import error_lines
+from .helpers import error_lines, study_plan
 
 
 def test_study_summary_shape(
@@ -231,11 +231,8 @@ def test_test_study_settings_reuse_the_arms_study_runs(name: str, tmp_path: Path
     from examples.mecpe.config import resumable_fields
 
     def plan(*arms: str) -> dict[str, Any]:
-        args = mecpe_study.build_parser().parse_args(
-            [*arms, "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--seeds", "42"]
-        )
-        study = mecpe_study.StudyConfig(**values_from(args, mecpe_study.StudyConfig))
-        return {c.out: c for c in mecpe_study._plan(study, mecpe_study._arms(study), args)}
+        argv = [*arms, "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--seeds", "42"]
+        return {c.out: c for c in study_plan(*argv)}
 
     settings = plan("--settings", str(SEARCH.with_name(name)))
     arms = plan("--arms", "base,rpcl")

@@ -20,10 +20,9 @@ from examples.mecpe.config import TrainConfig
 from examples.mecpe.data import Conversation
 from examples.mecpe.engine import build_state, train_step
 from examples.mecpe.model import ModelConfig, ModelOutput
-from examples.mecpe.options import values_from
 from examples.mecpe.views import INPUT_VIEWS, InputView, view_operations
 
-from .helpers import strip_time, train
+from .helpers import strip_time, study_plan, train
 
 SPEAKERS = ("Ross", "Rachel", "Monica", "Joey")
 
@@ -245,10 +244,7 @@ def test_training_with_an_input_view_is_finite_and_resumes_exactly(
 
 def test_study_level_view_applies_to_the_rpcl_arms_only(tmp_path: Path) -> None:
     argv = ["--out", str(tmp_path), "--view", "delete", "--view-rate", "0.2"]
-    ns = mecpe_study.build_parser().parse_args(argv)
-    study = mecpe_study.StudyConfig(**values_from(ns, mecpe_study.StudyConfig))
-    plan = mecpe_study._plan(study, mecpe_study._arms(study), ns)
-    views = {(c.arm, c.view, c.view_rate) for c in plan}
+    views = {(c.arm, c.view, c.view_rate) for c in study_plan(*argv)}
     assert views == {("base", "repr", None), ("rpcl", "delete", 0.2)}
 
 
