@@ -5,6 +5,13 @@ metrics that the search files' selection rules read, each setting's difference t
 setting, the base's seed spread, and on how many seeds (paired by seed) the setting beats the
 base. Only dev metrics are read; a run folder holding test metrics is an error, so the table
 cannot show what a dev search must not see.
+
+``--reuse SUMMARY:ARM=SETTING[,...]`` adds settings that already ran, with the same training
+configuration, in a committed study (its ``summary.json``): only their ``dev`` sections are read,
+for the seeds the search ran, after checking that the study's configuration equals every search
+run's on each training option and that its arm was trained with the setting's arguments
+(``--settings``). A run's dev metrics do not depend on ``--dev-only``, so this spares rerunning
+what a full study already trained; the table marks such rows.
 """
 
 from __future__ import annotations
@@ -13,12 +20,16 @@ import argparse
 import json
 import math
 import re
+import shlex
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "load_search", "search_rows", "write_markdown"]
+__all__ = [
+    "COLUMNS", "Reuse", "load_search", "parse_reuse", "reuse_runs", "search_rows", "write_markdown"
+]  # fmt: skip
 
 #: (dev metric key, column label, higher is better; None: no better or worse).
 COLUMNS: tuple[tuple[str, str, bool | None], ...] = (
@@ -33,9 +44,43 @@ COLUMNS: tuple[tuple[str, str, bool | None], ...] = (
 
 _RUN = re.compile(r"^(?P<name>.+)-seed(?P<seed>\d+)$")
 
+#: Config keys a reused study may differ in from the search's runs: what names, selects or
+#: reports a run, and the per-arm options that the setting's arguments are checked for instead.
+_NOT_COMPARED = frozenset({
+    "arm", "arms", "seed", "seeds", "fold", "folds", "n_runs", "name", "out", "resume",
+    "dev_only", "show_test", "keep_last_checkpoint", "quiet", "threads", "device",
+    "rpcl_args", "rpcl_args_differ", "rpcl_view", "view", "view_rate",
+})  # fmt: skip
 
-def load_search(folder: Path) -> dict[str, dict[int, dict[str, float]]]:
-    """``{setting: {seed: dev metrics}}`` from the complete runs of a study folder.
+
+@dataclass(frozen=True)
+class Reuse:
+    """``--reuse``: the dev metrics of ``arms`` (study arm → search setting) in ``summary``."""
+
+    summary: Path
+    arms: dict[str, str]
+
+
+def parse_reuse(text: str) -> Reuse:
+    """``SUMMARY.json:ARM=SETTING[,ARM=SETTING...]`` → :class:`Reuse` (``ValueError`` if not)."""
+    path, _, pairs = text.rpartition(":")
+    arms: dict[str, str] = {}
+    for pair in pairs.split(","):
+        arm, eq, setting = (part.strip() for part in pair.partition("="))
+        if not (arm and eq and setting) or arm in arms or setting in arms.values():
+            arms = {}
+            break
+        arms[arm] = setting
+    if not (path and arms):
+        raise ValueError(f"--reuse {text!r}: expected SUMMARY.json:ARM=SETTING[,ARM=SETTING...]")
+    return Reuse(Path(path), arms)
+
+
+def load_search(
+    folder: Path, configs: list[dict[str, Any]] | None = None
+) -> dict[str, dict[int, dict[str, float]]]:
+    """``{setting: {seed: dev metrics}}`` from the complete runs of a study folder (their
+    ``config`` sections are appended to ``configs`` when given).
 
     Raises:
         ValueError: a run holds test metrics (not a ``--dev-only`` run), or none is complete.
@@ -51,8 +96,73 @@ def load_search(folder: Path) -> dict[str, dict[int, dict[str, float]]]:
         if run.get("test"):
             raise ValueError(f"{path}: holds test metrics; a search table reads dev-only runs")
         out.setdefault(match["name"], {})[int(match["seed"])] = run["dev"]
+        if configs is not None:
+            if not isinstance(run.get("config"), dict):
+                raise ValueError(f"{path}: no config section to check a reused study against")
+            configs.append(run["config"])
     if not out:
         raise ValueError(f"{folder}: no complete run (NAME-seedN/run.json)")
+    return out
+
+
+def _arm_arguments(summary: Mapping[str, Any], arm: str, where: str) -> list[str]:
+    """The train arguments ``arm`` of a study summary ran with (a settings line, or --arms)."""
+    if "settings" in summary:
+        if arm not in summary["settings"]:
+            raise ValueError(f"{where}: no settings line for arm {arm!r}")
+        return shlex.split(summary["settings"][arm])
+    config = summary["config"]
+    if arm == "rpcl" and (config.get("rpcl_args") or "rpcl_view" in config):
+        # an --arms study's RPCL options are study-wide; only the plain arm is checked here
+        raise ValueError(f"{where}: arm 'rpcl' ran with study-wide RPCL options; not reusable")
+    return ["--arm", arm]
+
+
+def reuse_runs(
+    reuse: Reuse,
+    runs: dict[str, dict[int, dict[str, float]]],
+    configs: Sequence[dict[str, Any]],
+    settings: Mapping[str, str],
+) -> dict[str, dict[int, dict[str, float]]]:
+    """``{setting: {seed: dev metrics}}`` of ``reuse``'s arms for the seeds of ``runs``.
+
+    ``configs`` are the search runs' configs and ``settings`` the settings file's lines
+    (name → train arguments). Raises ``ValueError`` naming the summary and what differs: a
+    training option, a setting's arguments, a missing arm or seed, or a setting both here and
+    reused.
+    """
+    where = str(reuse.summary)
+    try:
+        summary = json.loads(reuse.summary.read_text(encoding="utf-8"))
+        study_config, entries = summary["config"], summary["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{where}: not a study summary.json ({exc})") from None
+    for config in configs:
+        for key in sorted(study_config.keys() & config.keys() - _NOT_COMPARED):
+            if study_config[key] != config[key]:
+                raise ValueError(
+                    f"{where}: trained with {key}={study_config[key]!r}, the search's runs with "
+                    f"{key}={config[key]!r}"
+                )
+    seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for arm, setting in reuse.arms.items():
+        if setting in runs:
+            raise ValueError(f"--reuse {where}: setting {setting!r} also ran here")
+        if setting not in settings:
+            raise ValueError(f"--reuse {where}: no setting {setting!r} in --settings")
+        if _arm_arguments(summary, arm, where) != shlex.split(settings[setting]):
+            raise ValueError(
+                f"{where}: arm {arm!r} ran with other arguments than setting {setting!r} "
+                f"({settings[setting]!r})"
+            )
+        by_seed = {
+            int(e["seed"]): e["dev"] for e in entries if e["arm"] == arm and "fold" not in e
+        }
+        missing = [s for s in seeds if s not in by_seed]
+        if missing:
+            raise ValueError(f"{where}: arm {arm!r} has no run with seed {missing[0]}")
+        out[setting] = {s: by_seed[s] for s in seeds}
     return out
 
 
@@ -96,9 +206,15 @@ def search_rows(
 
 
 def write_markdown(
-    rows: list[dict[str, Any]], spread: dict[str, float], base: str, title: str
+    rows: list[dict[str, Any]],
+    spread: dict[str, float],
+    base: str,
+    title: str,
+    reused: Mapping[str, str] | None = None,
 ) -> str:
-    """The table, one line per setting, in the study's order; ``base`` first."""
+    """The table, one line per setting, in the order of ``rows``; ``base`` first. ``reused``
+    (setting → where its dev metrics come from) marks those rows ``†`` and lists them."""
+    reused = reused or {}
     rows = sorted(rows, key=lambda r: r["setting"] != base)
     head = ["setting", "seeds"] + [label for _, label, _ in COLUMNS]
     lines = [f"# {title}", "", f"Dev metrics only; mean over seeds. Δ = minus `{base}`'s mean; "
@@ -107,7 +223,8 @@ def write_markdown(
                                          if k in spread) + ".", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for row in rows:
-        cells = [f"`{row['setting']}`", ",".join(map(str, row["seeds"]))]
+        mark = " †" if row["setting"] in reused else ""
+        cells = [f"`{row['setting']}`{mark}", ",".join(map(str, row["seeds"]))]
         for key, _, _ in COLUMNS:
             value = row[key]
             if math.isnan(value):
@@ -120,7 +237,17 @@ def write_markdown(
                 wins, n = row[f"{key}_wins"]
                 cells.append(f"{value:.4f} ({row[f'{key}_delta']:+.4f}, {wins}/{n})")
         lines.append("| " + " | ".join(cells) + " |")
+    if reused:
+        lines += ["", "† Not rerun: the dev metrics of a full study that trained this setting "
+                  "with the same configuration (checked by `search_table --reuse`):"]
+        lines += [f"- `{name}`: {source}" for name, source in reused.items()]
     return "\n".join(lines) + "\n"
+
+
+def _rank(order: Sequence[str]) -> Any:
+    """Sort key: settings-file order, then (not in it) by name."""
+    index = {name: i for i, name in enumerate(order)}
+    return lambda name: (index.get(name, len(index)), name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,12 +257,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("study", type=Path, help="a finished --dev-only study folder")
     ap.add_argument("--base", default="base", help="the setting the others are compared with")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (.md)")
+    ap.add_argument(
+        "--settings", type=Path, default=None,
+        help="the search's settings file: rows in its order; needed by --reuse",
+    )  # fmt: skip
+    ap.add_argument(
+        "--reuse", action="append", default=[], metavar="SUMMARY:ARM=SETTING[,...]",
+        help="also read these arms' dev metrics from a finished study's summary.json as "
+        "settings of the search (repeatable; checked: same training options and arguments)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     try:
-        rows, spread = search_rows(load_search(args.study), args.base)
+        configs: list[dict[str, Any]] = []
+        runs = load_search(args.study, configs)
+        reused: dict[str, str] = {}
+        lines: dict[str, str] = {}
+        if args.settings is not None:
+            from .study import read_settings  # torch-heavy; only for --settings
+
+            lines = {arm.name: arm.text for arm in read_settings(args.settings)}
+            unknown = sorted(set(runs) - set(lines))
+            if unknown:
+                raise ValueError(f"{args.study}: setting {unknown[0]!r} is not in {args.settings}")
+        elif args.reuse:
+            raise ValueError("--reuse needs --settings (to check the reused arguments)")
+        for text in args.reuse:
+            reuse = parse_reuse(text)
+            for setting, by_seed in reuse_runs(reuse, runs, configs, lines).items():
+                runs[setting] = by_seed
+                arm = next(a for a, s in reuse.arms.items() if s == setting)
+                reused[setting] = f"`{reuse.summary}`, arm `{arm}`"
+        runs = {name: runs[name] for name in sorted(runs, key=_rank(list(lines)))}
+        rows, spread = search_rows(runs, args.base)
     except ValueError as exc:
         ap.exit(2, f"search_table: {exc}\n")
-    text = write_markdown(rows, spread, args.base, f"Dev search: `{args.study}`")
+    text = write_markdown(rows, spread, args.base, f"Dev search: `{args.study}`", reused)
     print(text, end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,3 +54,120 @@ def test_test_metrics_and_unknown_base_are_errors(tmp_path: Path,
     _run(other, "x", 1)
     with pytest.raises(ValueError, match="--base: no setting named 'base'"):
         search_table.search_rows(search_table.load_search(other), "base")
+
+
+# --reuse: settings that a committed full study already trained, read from its summary.json
+
+_CONFIG = {"dataset": "ecf", "epochs": 10, "encoder_lr": 5e-5, "dev_only": True}
+_SETTINGS = "base | --arm base\nap | --arm rpcl --rpcl-arg ranking=ap\nnew | --arm rpcl\n"
+
+
+def _search(folder: Path, **config: object) -> Path:
+    """A search folder with one new setting (seeds 1, 2) and its settings file."""
+    for seed in (1, 2):
+        _run(folder, "new", seed, pair_auprc=0.6)
+        record = json.loads((folder / f"new-seed{seed}" / "run.json").read_text())
+        record["config"] = _CONFIG | {"arm": "rpcl", "seed": seed} | config
+        (folder / f"new-seed{seed}" / "run.json").write_text(json.dumps(record))
+    (folder / "settings.txt").write_text(_SETTINGS)
+    return folder / "settings.txt"
+
+
+def _summary(path: Path, arms: dict[str, str] | None, seeds: tuple[int, ...] = (1, 2, 3),
+             **config: object) -> Path:  # fmt: skip
+    """A full study's summary.json: dev and (distinctive) test metrics per arm and seed."""
+    names = list(arms) if arms is not None else ["base"]
+    runs = [
+        {"arm": arm, "seed": seed, "dev": {k: 0.5 + seed / 100 for k, _, _ in search_table.COLUMNS},
+         "test": {"pair_f1": 0.9876}, "dev_threshold": 0.4}
+        for arm in names for seed in seeds
+    ]  # fmt: skip
+    summary: dict[str, object] = {
+        "config": _CONFIG | {"dev_only": False, "arms": names, "seeds": list(seeds)} | config,
+        "runs": runs,
+    }
+    if arms is not None:
+        summary["settings"] = arms
+    path.write_text(json.dumps(summary))
+    return path
+
+
+def test_reuse_reads_only_dev_metrics_of_the_searched_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = _search(tmp_path / "s")
+    ranking = _summary(tmp_path / "ranking.json",
+                       {"base": "--arm base", "ap": "--arm rpcl  --rpcl-arg ranking=ap"})  # fmt: skip
+    arms = _summary(tmp_path / "arms.json", None)  # an --arms study: arm base is `--arm base`
+    assert search_table.main([str(tmp_path / "s"), "--settings", str(settings),
+                              "--reuse", f"{arms}:base=base",
+                              "--reuse", f"{ranking}:ap=ap"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| `")]
+    assert [r.split("|")[1].strip() for r in rows] == ["`base` †", "`ap` †", "`new`"]
+    assert rows[0].split("|")[2].strip() == "1,2"  # seed 3 of the studies is not read
+    assert rows[0].split("|")[3].strip() == "0.5150"  # mean of seeds 1, 2: 0.51, 0.52
+    assert "0.6000 (+0.0850, 2/2)" in rows[2]  # new AUPRC against the reused base
+    assert "9876" not in out  # the studies' test metrics never reach the table
+    assert f"- `base`: `{arms}`, arm `base`" in out and f"- `ap`: `{ranking}`, arm `ap`" in out
+
+
+@pytest.mark.parametrize(
+    ("reuse", "config", "message"),
+    [
+        ("arms:base=base", {"epochs": 16}, "trained with epochs=16, the search's runs with epochs=10"),
+        ("ranking:ap=base", {}, "arm 'ap' ran with other arguments than setting 'base'"),
+        ("ranking:ap=new", {}, "setting 'new' also ran here"),
+        ("ranking:ap=gone", {}, "no setting 'gone' in --settings"),
+        ("ranking:x=ap", {}, "no settings line for arm 'x'"),
+        ("short:base=base", {}, "arm 'base' has no run with seed 2"),
+        ("rpcl_args:rpcl=ap", {}, "ran with study-wide RPCL options"),
+        ("missing:base=base", {}, "not a study summary.json"),
+    ],
+)
+def test_reuse_errors_name_the_summary_and_what_differs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], reuse: str, config: dict[str, object],
+    message: str,
+) -> None:  # fmt: skip
+    settings = _search(tmp_path / "s")
+    paths = {
+        "arms": _summary(tmp_path / "arms.json", None, **config),
+        "ranking": _summary(tmp_path / "ranking.json", {"ap": "--arm rpcl"}),
+        "short": _summary(tmp_path / "short.json", None, seeds=(1,)),
+        "rpcl_args": _summary(tmp_path / "rpcl.json", {"rpcl": ""}, rpcl_args={"margin": 1.0}),
+        "missing": tmp_path / "missing.json",
+    }
+    name, _, arms = reuse.partition(":")
+    if name == "rpcl_args":  # an --arms study (no settings) whose rpcl arm had study-wide options
+        data = json.loads(paths[name].read_text())
+        del data["settings"]
+        paths[name].write_text(json.dumps(data))
+    with pytest.raises(SystemExit) as exit_info:
+        search_table.main([str(tmp_path / "s"), "--settings", str(settings),
+                           "--reuse", f"{paths[name]}:{arms}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and str(paths[name]) in err
+
+
+@pytest.mark.parametrize("text", ["x.json", "x.json:", ":a=b", "x.json:a=", "x.json:a=b,a=c",
+                                  "x.json:a=b,c=b", "x.json:a"])  # fmt: skip
+def test_malformed_reuse_is_an_error(text: str) -> None:
+    with pytest.raises(ValueError, match=r"expected SUMMARY\.json:ARM=SETTING"):
+        search_table.parse_reuse(text)
+    assert search_table.parse_reuse("dir/s.json:a=b, c = d") == search_table.Reuse(
+        Path("dir/s.json"), {"a": "b", "c": "d"}
+    )
+
+
+def test_reuse_needs_settings_and_settings_must_hold_every_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _search(tmp_path / "s")
+    summary = _summary(tmp_path / "arms.json", None)
+    with pytest.raises(SystemExit):
+        search_table.main([str(tmp_path / "s"), "--reuse", f"{summary}:base=base"])
+    assert "--reuse needs --settings" in capsys.readouterr().err
+    (tmp_path / "other.txt").write_text("base | --arm base\n")
+    with pytest.raises(SystemExit):
+        search_table.main([str(tmp_path / "s"), "--settings", str(tmp_path / "other.txt")])
+    assert "setting 'new' is not in" in capsys.readouterr().err
