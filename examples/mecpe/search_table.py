@@ -11,7 +11,9 @@ configuration, in a committed study (its ``summary.json``): only their ``dev`` s
 for the seeds the search ran, after checking that the study's configuration equals every search
 run's on each training option and that its arm was trained with the setting's arguments
 (``--settings``). A run's dev metrics do not depend on ``--dev-only``, so this spares rerunning
-what a full study already trained; the table marks such rows.
+what a full study already trained; the table marks such rows. Reuse a study of the same machine
+only: numbers differ across machines even on the pinned CPU code path, and a summary does not
+record the machine, so this cannot be checked here.
 """
 
 from __future__ import annotations
@@ -264,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--reuse", action="append", default=[], metavar="SUMMARY:ARM=SETTING[,...]",
         help="also read these arms' dev metrics from a finished study's summary.json as "
-        "settings of the search (repeatable; checked: same training options and arguments)",
+        "settings of the search (repeatable; checked: same training options and arguments; "
+        "not checked: the same machine, which the numbers depend on)",
     )  # fmt: skip
     args = ap.parse_args(argv)
     try:
