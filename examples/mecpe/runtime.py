@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import platform
 import random
 from contextlib import AbstractContextManager
 
@@ -76,12 +77,36 @@ def seed_everything(seed: int) -> None:
 
 
 def numerics() -> dict[str, object]:
-    """What decides a CPU run's rounding: torch's kernel capability, the pins, the threads."""
+    """What decides a CPU run's rounding: torch's kernel capability, the pins, the threads —
+    and the processor (``cpu``, ``cpu_flags``): runs of two machines differ even on one pinned
+    code path (``examples/mecpe/results/reproducibility/``)."""
+    model, flags = _processor()
     return {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         **{name: os.environ.get(name) for name in NUMERICS_ENV},
+        "cpu": model,
+        "cpu_flags": flags,
     }
+
+
+def _processor() -> tuple[str, str | None]:
+    """The processor's model name as the OS reports it and a short hash of its feature flags
+    (``/proc/cpuinfo``; elsewhere ``platform``'s name and no flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            fields = dict(
+                (key.strip(), value.strip())
+                for key, _, value in (line.partition(":") for line in f)
+                if key.strip() in ("model name", "flags")
+            )
+    except OSError:
+        fields = {}
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = fields.get("flags")
+    if not flags:
+        return model, None
+    return model, hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:12]
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:

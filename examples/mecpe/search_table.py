@@ -11,9 +11,10 @@ configuration, in a committed study (its ``summary.json``): only their ``dev`` s
 for the seeds the search ran, after checking that the study's configuration equals every search
 run's on each training option and that its arm was trained with the setting's arguments
 (``--settings``). A run's dev metrics do not depend on ``--dev-only``, so this spares rerunning
-what a full study already trained; the table marks such rows. Reuse a study of the same machine
-only: numbers differ across machines even on the pinned CPU code path, and a summary does not
-record the machine, so this cannot be checked here.
+what a full study already trained; the table marks such rows. Numbers differ across machines
+even on the pinned CPU code path, so a reused run must also match the search runs' ``numerics``
+(code path, threads and processor) where both record it; a study older than that record is
+marked "machine not recorded" and is only valid if it ran on the search's machine.
 """
 
 from __future__ import annotations
@@ -79,10 +80,10 @@ def parse_reuse(text: str) -> Reuse:
 
 
 def load_search(
-    folder: Path, configs: list[dict[str, Any]] | None = None
+    folder: Path, records: list[dict[str, Any]] | None = None
 ) -> dict[str, dict[int, dict[str, float]]]:
     """``{setting: {seed: dev metrics}}`` from the complete runs of a study folder (their
-    ``config`` sections are appended to ``configs`` when given).
+    ``run.json`` records are appended to ``records`` when given).
 
     Raises:
         ValueError: a run holds test metrics (not a ``--dev-only`` run), or none is complete.
@@ -98,10 +99,10 @@ def load_search(
         if run.get("test"):
             raise ValueError(f"{path}: holds test metrics; a search table reads dev-only runs")
         out.setdefault(match["name"], {})[int(match["seed"])] = run["dev"]
-        if configs is not None:
+        if records is not None:
             if not isinstance(run.get("config"), dict):
                 raise ValueError(f"{path}: no config section to check a reused study against")
-            configs.append(run["config"])
+            records.append(run)
     if not out:
         raise ValueError(f"{folder}: no complete run (NAME-seedN/run.json)")
     return out
@@ -123,15 +124,17 @@ def _arm_arguments(summary: Mapping[str, Any], arm: str, where: str) -> list[str
 def reuse_runs(
     reuse: Reuse,
     runs: dict[str, dict[int, dict[str, float]]],
-    configs: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
     settings: Mapping[str, str],
-) -> dict[str, dict[int, dict[str, float]]]:
-    """``{setting: {seed: dev metrics}}`` of ``reuse``'s arms for the seeds of ``runs``.
+) -> tuple[dict[str, dict[int, dict[str, float]]], bool]:
+    """``{setting: {seed: dev metrics}}`` of ``reuse``'s arms for the seeds of ``runs``, and
+    whether every reused run and search run recorded its ``numerics`` (so the machine and code
+    path were compared).
 
-    ``configs`` are the search runs' configs and ``settings`` the settings file's lines
-    (name → train arguments). Raises ``ValueError`` naming the summary and what differs: a
-    training option, a setting's arguments, a missing arm or seed, or a setting both here and
-    reused.
+    ``records`` are the search runs' ``run.json`` records and ``settings`` the settings file's
+    lines (name → train arguments). Raises ``ValueError`` naming the summary and what differs: a
+    training option, the numerics, a setting's arguments, a missing arm or seed, or a setting
+    both here and reused.
     """
     where = str(reuse.summary)
     try:
@@ -139,7 +142,7 @@ def reuse_runs(
         study_config, entries = summary["config"], summary["runs"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{where}: not a study summary.json ({exc})") from None
-    for config in configs:
+    for config in (r["config"] for r in records):
         for key in sorted(study_config.keys() & config.keys() - _NOT_COMPARED):
             if study_config[key] != config[key]:
                 raise ValueError(
@@ -148,6 +151,7 @@ def reuse_runs(
                 )
     seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
     out: dict[str, dict[int, dict[str, float]]] = {}
+    reused_numerics: list[dict[str, Any] | None] = []
     for arm, setting in reuse.arms.items():
         if setting in runs:
             raise ValueError(f"--reuse {where}: setting {setting!r} also ran here")
@@ -165,7 +169,20 @@ def reuse_runs(
         if missing:
             raise ValueError(f"{where}: arm {arm!r} has no run with seed {missing[0]}")
         out[setting] = {s: by_seed[s] for s in seeds}
-    return out
+        for entry in entries:
+            if entry["arm"] == arm and int(entry["seed"]) in seeds:
+                reused_numerics.append(entry.get("numerics"))
+    here = [r.get("numerics") for r in records]
+    for theirs in reused_numerics:
+        for ours in here:
+            if theirs is not None and ours is not None and theirs != ours:
+                raise ValueError(
+                    f"{where}: ran with numerics {json.dumps(theirs, sort_keys=True)}, the "
+                    f"search's runs with {json.dumps(ours, sort_keys=True)} (another machine or "
+                    "code path: their numbers are not comparable)"
+                )
+    recorded = all(n is not None and "cpu" in n for n in [*reused_numerics, *here])
+    return out, recorded
 
 
 def _mean(values: list[float]) -> float:
@@ -266,13 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--reuse", action="append", default=[], metavar="SUMMARY:ARM=SETTING[,...]",
         help="also read these arms' dev metrics from a finished study's summary.json as "
-        "settings of the search (repeatable; checked: same training options and arguments; "
-        "not checked: the same machine, which the numbers depend on)",
+        "settings of the search (repeatable; checked: same training options, arguments and, "
+        "where recorded, numerics: code path and machine)",
     )  # fmt: skip
     args = ap.parse_args(argv)
     try:
-        configs: list[dict[str, Any]] = []
-        runs = load_search(args.study, configs)
+        records: list[dict[str, Any]] = []
+        runs = load_search(args.study, records)
         reused: dict[str, str] = {}
         lines: dict[str, str] = {}
         if args.settings is not None:
@@ -286,10 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--reuse needs --settings (to check the reused arguments)")
         for text in args.reuse:
             reuse = parse_reuse(text)
-            for setting, by_seed in reuse_runs(reuse, runs, configs, lines).items():
+            found, recorded = reuse_runs(reuse, runs, records, lines)
+            for setting, by_seed in found.items():
                 runs[setting] = by_seed
                 arm = next(a for a, s in reuse.arms.items() if s == setting)
-                reused[setting] = f"`{reuse.summary}`, arm `{arm}`"
+                note = "" if recorded else " (machine not recorded: valid only if the same)"
+                reused[setting] = f"`{reuse.summary}`, arm `{arm}`{note}"
         runs = {name: runs[name] for name in sorted(runs, key=_rank(list(lines)))}
         rows, spread = search_rows(runs, args.base)
     except ValueError as exc:

@@ -10,7 +10,7 @@ run evaluated the test split (never for ``--dev-only`` runs).
 
     {"dataset": "ecf", "modalities": "T", "config": {...},
      "runs": [{"arm": "base", "seed": 42, ["fold": 0,] "dev": {...}, ["test": {...},]
-               "dev_threshold": 0.41}, ...],
+               "dev_threshold": 0.41, ["numerics": {...}]}, ...],
      "aggregate": {arm: {metric: {"mean": ..., "std": ...}}},
      "delta": {metric: mean_rpcl - mean_base}}
 
@@ -148,6 +148,8 @@ def _run_entry(result: dict[str, Any]) -> dict[str, Any]:
     if "test" in result:
         entry["test"] = result["test"]
     entry["dev_threshold"] = result["dev_threshold"]
+    if "numerics" in result:  # the code path and the machine (numbers depend on both)
+        entry["numerics"] = result["numerics"]
     return entry
 
 

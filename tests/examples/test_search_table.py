@@ -62,24 +62,30 @@ _CONFIG = {"dataset": "ecf", "epochs": 10, "encoder_lr": 5e-5, "dev_only": True}
 _SETTINGS = "base | --arm base\nap | --arm rpcl --rpcl-arg ranking=ap\nnew | --arm rpcl\n"
 
 
-def _search(folder: Path, **config: object) -> Path:
+_HERE = {"cpu_capability": "AVX2", "threads": 2, "cpu": "Some CPU", "cpu_flags": "0123abcd4567"}
+
+
+def _search(folder: Path, numerics: dict[str, object] | None = None, **config: object) -> Path:
     """A search folder with one new setting (seeds 1, 2) and its settings file."""
     for seed in (1, 2):
         _run(folder, "new", seed, pair_auprc=0.6)
         record = json.loads((folder / f"new-seed{seed}" / "run.json").read_text())
         record["config"] = _CONFIG | {"arm": "rpcl", "seed": seed} | config
+        if numerics is not None:
+            record["numerics"] = numerics
         (folder / f"new-seed{seed}" / "run.json").write_text(json.dumps(record))
     (folder / "settings.txt").write_text(_SETTINGS)
     return folder / "settings.txt"
 
 
 def _summary(path: Path, arms: dict[str, str] | None, seeds: tuple[int, ...] = (1, 2, 3),
-             **config: object) -> Path:  # fmt: skip
+             numerics: dict[str, object] | None = None, **config: object) -> Path:  # fmt: skip
     """A full study's summary.json: dev and (distinctive) test metrics per arm and seed."""
     names = list(arms) if arms is not None else ["base"]
     runs = [
         {"arm": arm, "seed": seed, "dev": {k: 0.5 + seed / 100 for k, _, _ in search_table.COLUMNS},
          "test": {"pair_f1": 0.9876}, "dev_threshold": 0.4}
+        | ({} if numerics is None else {"numerics": numerics})
         for arm in names for seed in seeds
     ]  # fmt: skip
     summary: dict[str, object] = {
@@ -109,7 +115,24 @@ def test_reuse_reads_only_dev_metrics_of_the_searched_seeds(
     assert rows[0].split("|")[3].strip() == "0.5150"  # mean of seeds 1, 2: 0.51, 0.52
     assert "0.6000 (+0.0850, 2/2)" in rows[2]  # new AUPRC against the reused base
     assert "9876" not in out  # the studies' test metrics never reach the table
-    assert f"- `base`: `{arms}`, arm `base`" in out and f"- `ap`: `{ranking}`, arm `ap`" in out
+    assert f"- `base`: `{arms}`, arm `base` (machine not recorded" in out
+    assert f"- `ap`: `{ranking}`, arm `ap` (machine not recorded" in out
+
+
+def test_reuse_compares_the_numerics_where_both_sides_record_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = _search(tmp_path / "s", numerics=_HERE)
+    same = _summary(tmp_path / "same.json", None, numerics=_HERE)
+    argv = [str(tmp_path / "s"), "--settings", str(settings), "--reuse", f"{same}:base=base"]
+    assert search_table.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"- `base`: `{same}`, arm `base`\n" in out  # checked: no caveat
+    other = _summary(tmp_path / "other.json", None, numerics=_HERE | {"cpu_flags": "ffffffffffff"})
+    with pytest.raises(SystemExit):
+        search_table.main([*argv[:-1], f"{other}:base=base"])
+    err = capsys.readouterr().err
+    assert str(other) in err and "another machine or code path" in err
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,8 @@ def test_study_summary_shape(
         (a, s) for a in ("base", "rpcl") for s in (1, 2)
     }
     for r in summary["runs"]:
-        assert set(r) == {"arm", "seed", "dev", "test", "dev_threshold"}
+        assert set(r) == {"arm", "seed", "dev", "test", "dev_threshold", "numerics"}
+        assert r["numerics"]["cpu"] and "cpu_capability" in r["numerics"]  # the run's machine
         assert {
             "pair_p",
             "pair_r",
