@@ -128,6 +128,14 @@ def test_reuse_compares_the_numerics_where_both_sides_record_them(
     assert search_table.main(argv) == 0
     out = capsys.readouterr().out
     assert f"- `base`: `{same}`, arm `base`\n" in out  # checked: no caveat
+    older = {k: v for k, v in _HERE.items() if k not in ("cpu", "cpu_flags")}
+    old = _summary(tmp_path / "old.json", None, numerics=older)  # no processor recorded yet
+    assert search_table.main([*argv[:-1], f"{old}:base=base"]) == 0
+    assert f"- `base`: `{old}`, arm `base` (machine not recorded" in capsys.readouterr().out
+    slow = _summary(tmp_path / "slow.json", None, numerics=older | {"threads": 1})
+    with pytest.raises(SystemExit):
+        search_table.main([*argv[:-1], f"{slow}:base=base"])
+    assert "another machine or code path" in capsys.readouterr().err
     other = _summary(tmp_path / "other.json", None, numerics=_HERE | {"cpu_flags": "ffffffffffff"})
     with pytest.raises(SystemExit):
         search_table.main([*argv[:-1], f"{other}:base=base"])
