@@ -25,7 +25,7 @@ import math
 import re
 import shlex
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,20 @@ COLUMNS: tuple[tuple[str, str, bool | None], ...] = (
 
 _RUN = re.compile(r"^(?P<name>.+)-seed(?P<seed>\d+)$")
 
-#: Config keys a reused study may differ in from the search's runs: what names, selects or
-#: reports a run, and the per-arm options that the setting's arguments are checked for instead.
-_NOT_COMPARED = frozenset({
-    "arm", "arms", "seed", "seeds", "fold", "folds", "n_runs", "name", "out", "resume",
-    "dev_only", "show_test", "keep_last_checkpoint", "quiet", "threads", "device",
-    "rpcl_args", "rpcl_args_differ", "rpcl_view", "view", "view_rate",
+#: Summary-config keys that are study bookkeeping (which arms, seeds and folds ran; the arms'
+#: RPCL options, which the setting's arguments are checked for instead), never compared.
+_STUDY_KEYS = frozenset({
+    "arms", "seeds", "folds", "n_runs", "rpcl_args", "rpcl_args_differ", "rpcl_view",
+    "view", "view_rate", "dev_only",
 })  # fmt: skip
+
+
+def _not_compared() -> set[str]:
+    """Config keys a reused study may differ in: what a study reusing a finished run ignores
+    (a run's identity, runtime-only settings) and the study bookkeeping."""
+    from .config import resumable_fields, run_fields  # torch-heavy; only for --reuse
+
+    return run_fields("run", "arm") | resumable_fields(finished=True) | _STUDY_KEYS
 
 
 @dataclass(frozen=True)
@@ -142,8 +149,9 @@ def reuse_runs(
         study_config, entries = summary["config"], summary["runs"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{where}: not a study summary.json ({exc})") from None
+    ignored = _not_compared()
     for config in (r["config"] for r in records):
-        for key in sorted(study_config.keys() & config.keys() - _NOT_COMPARED):
+        for key in sorted(study_config.keys() & config.keys() - ignored):
             if study_config[key] != config[key]:
                 raise ValueError(
                     f"{where}: trained with {key}={study_config[key]!r}, the search's runs with "
@@ -162,16 +170,16 @@ def reuse_runs(
                 f"{where}: arm {arm!r} ran with other arguments than setting {setting!r} "
                 f"({settings[setting]!r})"
             )
-        by_seed = {
-            int(e["seed"]): e["dev"] for e in entries if e["arm"] == arm and "fold" not in e
+        chosen = {
+            int(e["seed"]): e
+            for e in entries
+            if e["arm"] == arm and "fold" not in e and int(e["seed"]) in seeds
         }
-        missing = [s for s in seeds if s not in by_seed]
+        missing = [s for s in seeds if s not in chosen]
         if missing:
             raise ValueError(f"{where}: arm {arm!r} has no run with seed {missing[0]}")
-        out[setting] = {s: by_seed[s] for s in seeds}
-        for entry in entries:
-            if entry["arm"] == arm and int(entry["seed"]) in seeds:
-                reused_numerics.append(entry.get("numerics"))
+        out[setting] = {s: chosen[s]["dev"] for s in seeds}
+        reused_numerics += [chosen[s].get("numerics") for s in seeds]
     here = [r.get("numerics") for r in records]
     for theirs in reused_numerics:
         for ours in here:
@@ -266,7 +274,7 @@ def write_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _rank(order: Sequence[str]) -> Any:
+def _rank(order: Sequence[str]) -> Callable[[str], tuple[int, str]]:
     """Sort key: settings-file order, then (not in it) by name."""
     index = {name: i for i, name in enumerate(order)}
     return lambda name: (index.get(name, len(index)), name)
